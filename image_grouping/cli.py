@@ -1,0 +1,154 @@
+"""The `image-grouping` command line: thin wrappers that read settings and call the real work.
+
+Each command imports its implementation lazily, so `--help` is instant and a command only loads the
+libraries it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from image_grouping.config import SettingsError, load_settings
+
+app = typer.Typer(
+    name="image-grouping",
+    help="Finds the faces in photos and groups them into persons.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+eval_app = typer.Typer(help="Measure detection and grouping on labelled photos.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Compute everything, write and publish nothing.")]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL, SQL_CONNECTION_STRING or local SQLite."),
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def _settings(**overrides: object):  # noqa: ANN202 - returns Settings
+    try:
+        return load_settings(**{key: value for key, value in overrides.items() if value is not None})
+    except SettingsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def consume(
+    service: Annotated[
+        str | None, typer.Option(help="detection, recognition or both (default: SERVICE).")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="oneshot or loop (default: MODE).")] = None,
+    recluster: Annotated[
+        bool | None,
+        typer.Option("--recluster/--no-recluster", help="Regroup all faces (default: RECOGNIZER_ARGS)."),
+    ] = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Run the service: consume RabbitMQ messages (MODE=loop) or process what is pending (MODE=oneshot)."""
+    from image_grouping.consumer.app import run_service
+
+    settings = _settings(service=service, mode=mode, dry_run=dry_run or None)
+    if recluster is not None:
+        settings = settings.model_copy(update={"recognizer_args": "--recluster" if recluster else ""})
+    sys.exit(asyncio.run(run_service(settings)))
+
+
+@app.command()
+def scan(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder of photos.")],
+    db: DatabaseUrl = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML gallery.")] = True,
+    dry_run: DryRun = False,
+) -> None:
+    """Analyse every photo of a folder into the local database, group the faces and write a gallery."""
+    from image_grouping.local_scan import scan_folder
+
+    settings = _settings(database_url=db, dry_run=dry_run or None)
+    asyncio.run(scan_folder(settings, folder, write_report=report))
+
+
+@app.command()
+def recluster(db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
+    """Regroup all faces of the current model pack into persons, keeping manual edits."""
+    from image_grouping.handlers.recognition import run_full_recluster
+
+    settings = _settings(database_url=db, dry_run=dry_run or None)
+    summary = asyncio.run(run_full_recluster(settings))
+    typer.echo(summary)
+
+
+@app.command()
+def migrate(
+    db: DatabaseUrl = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the SQL, change nothing.")] = False,
+) -> None:
+    """Create or upgrade the database schema to the latest revision."""
+    from image_grouping.storage.migrations import upgrade_database
+
+    settings = _settings(database_url=db)
+    upgrade_database(settings, sql_only=dry_run)
+
+
+@app.command()
+def report(
+    out: Annotated[Path | None, typer.Option(help="Folder to write the gallery into.")] = None,
+    db: DatabaseUrl = None,
+) -> None:
+    """Write a static HTML gallery of the persons and print its path."""
+    from image_grouping.report.gallery import write_gallery
+
+    settings = _settings(database_url=db)
+    path = asyncio.run(write_gallery(settings, out))
+    typer.echo(str(path))
+
+
+@app.command()
+def healthcheck() -> None:
+    """Exit 0 when the service's liveness file is fresh, 1 otherwise (for Docker's HEALTHCHECK)."""
+    from image_grouping.consumer.liveness import check_liveness
+
+    settings = _settings()
+    healthy, reason = check_liveness(settings.liveness_file, settings.liveness_max_age_seconds)
+    typer.echo(reason)
+    raise typer.Exit(0 if healthy else 1)
+
+
+@eval_app.command("detection")
+def eval_detection(
+    annotations: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="WIDER-style file.")],
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Folder the paths start in.")],
+    limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Run the production detector over annotated images: recall at IoU>=0.4, FP/image, AP, images/s."""
+    from image_grouping.evaluation.detection import evaluate_detection, format_detection_report
+
+    result = evaluate_detection(_settings(), annotations, images, limit=limit)
+    typer.echo(result.to_json() if json_output else format_detection_report(result))
+
+
+@eval_app.command("grouping")
+def eval_grouping(
+    labels: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="CSV of path,label.")],
+    images: Annotated[Path, typer.Option(exists=True, file_okay=False, help="Folder the paths start in.")],
+    limit: Annotated[int | None, typer.Option(help="Only the first N labelled images.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffled arrival order.")] = 0,
+    json_output: JsonOutput = False,
+) -> None:
+    """Group labelled faces as the service would; print BCubed and pairwise scores."""
+    from image_grouping.evaluation.grouping import evaluate_grouping, format_grouping_report
+
+    result = evaluate_grouping(_settings(), labels, images, limit=limit, seed=seed)
+    typer.echo(result.to_json() if json_output else format_grouping_report(result))
+
+
+if __name__ == "__main__":
+    app()

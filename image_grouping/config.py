@@ -1,0 +1,168 @@
+"""Settings, read from the environment and `.env` files.
+
+Every variable of the original service keeps its name (`SQL_CONNECTION_STRING`, `THUMBNAIL_SAVE_PATH`,
+`DB_PREFIX`, `SERVICE`, `MODE`, ...). An invalid value stops start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+# Values that may hold a password: never echoed back in an error.
+_SECRET_VARIABLES = {"SQL_CONNECTION_STRING", "DATABASE_URL", "RABBITMQ_URL", "MSSQL_URL"}
+
+
+class SettingsError(RuntimeError):
+    """The environment holds a value the service cannot start with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- The original service's settings -------------------------------------------------------------
+    sql_connection_string: SecretStr | None = Field(
+        default=None, description="ODBC connection string of the SQL Server database (production)."
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="Any SQLAlchemy URL; wins over SQL_CONNECTION_STRING. Default: SQLite under SYSTEM_STORAGE.",
+    )
+    system_storage: Path = Field(
+        default=Path("data"), description="Root of the service's storage; stored paths are relative to it."
+    )
+    thumbnail_save_path: Path = Field(
+        default=Path("data/thumbnails"), description="Where face thumbnails are written."
+    )
+    image_save_path: Path = Field(
+        default=Path("data/images"), description="Where the uploader's images are kept (local mode)."
+    )
+    db_prefix: str = Field(
+        default="", description="UNC prefix of image paths as the uploader stores them, e.g. //server/files."
+    )
+    container_images_root: Path = Field(
+        default=Path("/images"), description="Where DB_PREFIX is mounted inside the container."
+    )
+    service: Literal["detection", "recognition", "both"] = Field(
+        default="recognition", description="Which consumers run: detection, recognition (grouping) or both."
+    )
+    mode: Literal["oneshot", "loop"] = Field(
+        default="oneshot", description="oneshot: process what is pending and exit; loop: repeat."
+    )
+    interval_seconds: int = Field(default=900, gt=0, description="Pause between runs when MODE=loop.")
+    recognizer_args: str = Field(
+        default="--recluster", description="Arguments of the recognition run; --recluster regroups all faces."
+    )
+    dry_run: bool = Field(default=False, description="Compute everything, write and publish nothing.")
+
+    # --- Face analysis ------------------------------------------------------------------------------
+    model_pack: str = Field(
+        default="buffalo_sc", description="Model pack name; buffalo_sc ships with the package."
+    )
+    model_dir: Path | None = Field(
+        default=None, description="Folder with another SCRFD + ArcFace pack (e.g. buffalo_l, antelopev2)."
+    )
+    execution_provider: Literal["cpu", "cuda"] = Field(
+        default="cpu", description="onnxruntime provider; CUDA is hidden unless this says cuda."
+    )
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="onnxruntime threads per session; 0 lets onnxruntime choose."
+    )
+    analysis_workers: int = Field(
+        default=1, ge=1, description="Images analysed at the same time by the executor."
+    )
+    det_score_threshold: float = Field(default=0.5, gt=0, lt=1, description="SCRFD score threshold.")
+    det_nms_threshold: float = Field(default=0.4, gt=0, lt=1, description="SCRFD NMS IoU threshold.")
+    det_input_size: int = Field(default=640, ge=160, description="SCRFD input size (square), pixels.")
+    min_face_size: int = Field(
+        default=20, ge=1, description="Faces whose shorter box side is smaller (pixels) are dropped."
+    )
+    max_image_pixels: int = Field(
+        default=100_000_000, gt=0, description="Images with more pixels are rejected as decompression bombs."
+    )
+    max_image_bytes: int = Field(default=200_000_000, gt=0, description="Larger files are rejected.")
+    thumbnail_size: int = Field(default=160, ge=32, description="Thumbnail edge, pixels.")
+    thumbnail_margin: float = Field(
+        default=0.4, ge=0, description="Margin around the face box, as a share of its size."
+    )
+    thumbnail_quality: int = Field(default=88, ge=1, le=100, description="Thumbnail JPEG quality.")
+
+    # --- Messaging ----------------------------------------------------------------------------------
+    rabbitmq_url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="AMQP URL of RabbitMQ."
+    )
+    exchange_name: str = Field(default="image-grouping", description="Durable topic exchange.")
+    upload_queue: str = Field(default="image-grouping.image-uploaded", description="image.uploaded queue.")
+    recluster_queue: str = Field(default="image-grouping.recluster", description="Recluster queue.")
+    dead_letter_exchange: str = Field(default="image-grouping.dlx", description="Dead-letter exchange.")
+    dead_letter_queue: str = Field(default="image-grouping.dead-letter", description="Dead-letter queue.")
+    prefetch_count: int = Field(default=8, ge=1, description="Unacknowledged messages per consumer.")
+    max_in_flight: int = Field(default=4, ge=1, description="Images processed at the same time.")
+    shutdown_grace_seconds: float = Field(
+        default=30.0, gt=0, description="On SIGTERM, time for in-flight work to finish."
+    )
+    liveness_file: Path = Field(
+        default=Path("/tmp/image-grouping.alive"), description="Touched while the service is healthy."
+    )
+    liveness_interval_seconds: float = Field(default=10.0, gt=0, description="How often it is touched.")
+    liveness_max_age_seconds: float = Field(
+        default=60.0, gt=0, description="healthcheck fails when the liveness file is older than this."
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Prometheus metrics port; unset disables them."
+    )
+
+    # --- Logging ------------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: JSON when not on a terminal, readable on a terminal."
+    )
+    log_root: Path = Field(
+        default=Path("logs"),
+        description="Holds image_face_detection/logs and person_recognition/logs (rotating files).",
+    )
+
+    # --- Grouping -----------------------------------------------------------------------------------
+    # (thresholds of incremental assignment and full recluster live here; see image_grouping/grouping)
+
+    @field_validator("db_prefix")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        # The uploader writes UNC paths with either slash; compare them in one form.
+        return value.replace("\\", "/").rstrip("/")
+
+    @property
+    def recluster_requested(self) -> bool:
+        return "--recluster" in self.recognizer_args.split()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a validation error into one message that names each variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            variable = "_".join(str(part) for part in item["loc"]).upper() or "settings"
+            value = os.environ.get(variable)
+            secret = variable in _SECRET_VARIABLES or "PASSWORD" in variable
+            shown = f" (got {value!r})" if value is not None and not secret else ""
+            problems.append(f"{variable}: {item['msg']}{shown}")
+        raise SettingsError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

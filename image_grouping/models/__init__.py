@@ -1,0 +1,1 @@
+"""Message and domain types: plain data, no I/O."""

@@ -1,0 +1,42 @@
+"""What the face analysis finds in one image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Pose = Literal["frontal", "profile"]
+
+
+@dataclass(frozen=True, slots=True)
+class FaceQuality:
+    """Signals that grouping can weigh; computed beside the detection."""
+
+    det_score: float
+    size_px: float  # shorter side of the face box, in pixels of the oriented full-resolution image
+    sharpness: float  # variance of the Laplacian of the aligned 112x112 grey crop
+    yaw: float  # rough yaw from the landmarks: 0 frontal, +-1 full profile
+    pose: Pose
+
+
+@dataclass(frozen=True, slots=True)
+class DetectedFace:
+    """One face: where it is, how good it is, its embedding and its thumbnail."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the oriented full-resolution image
+    landmarks: np.ndarray  # (5, 2) float32: eyes, nose, mouth corners, same coordinates as box
+    quality: FaceQuality
+    embedding: np.ndarray  # (D,) float32, L2-normalised
+    thumbnail_jpeg: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageAnalysis:
+    """The result of analysing one image with one model pack."""
+
+    width: int  # oriented full-resolution size
+    height: int
+    model_pack: str  # id of the pack that made the embeddings, e.g. "buffalo_sc"
+    faces: list[DetectedFace]
