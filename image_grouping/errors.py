@@ -1,0 +1,58 @@
+"""Errors that decide what happens to a message.
+
+`BadInputError` and its subclasses are permanent: the input can never be processed, so the message goes
+to the dead-letter queue at once with `reason` in its headers. Anything else is treated as transient
+(database down, broker hiccup) and retried with backoff.
+"""
+
+from __future__ import annotations
+
+
+class BadInputError(Exception):
+    """The message or the image it points to can never be processed."""
+
+    reason: str = "bad_input"
+
+
+class InvalidMessageError(BadInputError):
+    """Malformed JSON, a wrong schema version or missing fields."""
+
+    reason = "invalid_message"
+
+
+class ImagePathError(BadInputError):
+    """The stored path does not map into the images root (`..`, another prefix, a symlink out)."""
+
+    reason = "path_outside_images_root"
+
+
+class ImageNotFoundError(BadInputError):
+    """The image file does not exist or cannot be read."""
+
+    reason = "image_not_found"
+
+
+class ImageError(BadInputError):
+    """The bytes are not an image this service can decode."""
+
+    reason = "image_unreadable"
+
+
+class EmptyImageError(ImageError):
+    reason = "image_empty"
+
+
+class CorruptImageError(ImageError):
+    """Truncated or damaged data."""
+
+    reason = "image_corrupt"
+
+
+class UnsupportedImageError(ImageError):
+    reason = "image_unsupported_format"
+
+
+class ImageTooLargeError(ImageError):
+    """More pixels (or bytes) than allowed: a decompression bomb or an absurd upload."""
+
+    reason = "image_too_large"
