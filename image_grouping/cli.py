@@ -32,7 +32,7 @@ DatabaseUrl = Annotated[
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
 
-def _settings(**overrides: object):  # noqa: ANN202 - returns Settings
+def _settings(**overrides: object):
     try:
         return load_settings(**{key: value for key, value in overrides.items() if value is not None})
     except SettingsError as error:
@@ -53,9 +53,9 @@ def consume(
     dry_run: DryRun = False,
 ) -> None:
     """Run the service: consume RabbitMQ messages (MODE=loop) or process what is pending (MODE=oneshot)."""
+    settings = _settings(service=service, mode=mode, dry_run=dry_run or None)
     from image_grouping.consumer.app import run_service
 
-    settings = _settings(service=service, mode=mode, dry_run=dry_run or None)
     if recluster is not None:
         settings = settings.model_copy(update={"recognizer_args": "--recluster" if recluster else ""})
     sys.exit(asyncio.run(run_service(settings)))
@@ -69,18 +69,18 @@ def scan(
     dry_run: DryRun = False,
 ) -> None:
     """Analyse every photo of a folder into the local database, group the faces and write a gallery."""
+    settings = _settings(database_url=db, dry_run=dry_run or None)
     from image_grouping.local_scan import scan_folder
 
-    settings = _settings(database_url=db, dry_run=dry_run or None)
     asyncio.run(scan_folder(settings, folder, write_report=report))
 
 
 @app.command()
 def recluster(db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
     """Regroup all faces of the current model pack into persons, keeping manual edits."""
+    settings = _settings(database_url=db, dry_run=dry_run or None)
     from image_grouping.handlers.recognition import run_full_recluster
 
-    settings = _settings(database_url=db, dry_run=dry_run or None)
     summary = asyncio.run(run_full_recluster(settings))
     typer.echo(summary)
 
@@ -91,9 +91,9 @@ def migrate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the SQL, change nothing.")] = False,
 ) -> None:
     """Create or upgrade the database schema to the latest revision."""
+    settings = _settings(database_url=db)
     from image_grouping.storage.migrations import upgrade_database
 
-    settings = _settings(database_url=db)
     upgrade_database(settings, sql_only=dry_run)
 
 
@@ -103,9 +103,9 @@ def report(
     db: DatabaseUrl = None,
 ) -> None:
     """Write a static HTML gallery of the persons and print its path."""
+    settings = _settings(database_url=db)
     from image_grouping.report.gallery import write_gallery
 
-    settings = _settings(database_url=db)
     path = asyncio.run(write_gallery(settings, out))
     typer.echo(str(path))
 
@@ -113,9 +113,9 @@ def report(
 @app.command()
 def healthcheck() -> None:
     """Exit 0 when the service's liveness file is fresh, 1 otherwise (for Docker's HEALTHCHECK)."""
+    settings = _settings()
     from image_grouping.consumer.liveness import check_liveness
 
-    settings = _settings()
     healthy, reason = check_liveness(settings.liveness_file, settings.liveness_max_age_seconds)
     typer.echo(reason)
     raise typer.Exit(0 if healthy else 1)

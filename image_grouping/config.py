@@ -14,7 +14,6 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 # Values that may hold a password: never echoed back in an error.
 _SECRET_VARIABLES = {"SQL_CONNECTION_STRING", "DATABASE_URL", "RABBITMQ_URL", "MSSQL_URL"}
 
@@ -38,7 +37,7 @@ class Settings(BaseSettings):
     )
     database_url: SecretStr | None = Field(
         default=None,
-        description="Any SQLAlchemy URL; wins over SQL_CONNECTION_STRING. Default: SQLite under SYSTEM_STORAGE.",
+        description="Any SQLAlchemy URL; wins over SQL_CONNECTION_STRING. Default: SQLite in SYSTEM_STORAGE.",
     )
     system_storage: Path = Field(
         default=Path("data"), description="Root of the service's storage; stored paths are relative to it."

@@ -1,0 +1,59 @@
+"""Settings come from the environment; a bad value stops start-up naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from image_grouping.config import SettingsError, load_settings
+
+
+def test_defaults_are_those_of_the_original_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SERVICE", "MODE", "INTERVAL_SECONDS", "RECOGNIZER_ARGS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings(_env_file=None)
+    assert settings.service == "recognition"
+    assert settings.mode == "oneshot"
+    assert settings.interval_seconds == 900
+    assert settings.recluster_requested
+
+
+def test_environment_overrides_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVICE", "detection")
+    monkeypatch.setenv("MODE", "loop")
+    monkeypatch.setenv("INTERVAL_SECONDS", "60")
+    monkeypatch.setenv("RECOGNIZER_ARGS", "")
+    monkeypatch.setenv("DB_PREFIX", "\\\\server\\files\\location\\")
+    settings = load_settings(_env_file=None)
+    assert (settings.service, settings.mode, settings.interval_seconds) == ("detection", "loop", 60)
+    assert not settings.recluster_requested
+    assert settings.db_prefix == "//server/files/location"
+
+
+def test_env_file_is_read(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODE", raising=False)
+    env_file = tmp_path / ".env"
+    env_file.write_text("MODE=loop\nINTERVAL_SECONDS=5\n")
+    settings = load_settings(_env_file=env_file)
+    assert settings.mode == "loop"
+    assert settings.interval_seconds == 5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("MODE", "sometimes"), ("INTERVAL_SECONDS", "-5"), ("SERVICE", "everything"), ("MIN_FACE_SIZE", "x")],
+)
+def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable):
+        load_settings(_env_file=None)
+
+
+def test_error_shows_the_bad_value_but_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RABBITMQ_URL", "amqp://user:hunter2@host/")
+    monkeypatch.setenv("METRICS_PORT", "not-a-port")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_env_file=None)
+    message = str(caught.value)
+    assert "METRICS_PORT" in message
+    assert "not-a-port" in message
+    assert "hunter2" not in message
