@@ -1,0 +1,200 @@
+"""Throughput, embedding agreement and peak memory: this project's pipeline versus plain InsightFace.
+
+Builds 12-megapixel JPEGs (4032x3024, quality 90) by upscaling the group photos and a sample of the
+detection photos of ../shared/eval into a temporary folder, then runs each side in its own subprocess on
+the same files with the same thread count:
+
+- ours: `FaceAnalyzer.analyze(bytes)` (decode, detect, align, embed, quality, thumbnails);
+- insightface: `cv2.imread` + `FaceAnalysis(name=<buffalo_sc folder>).get(img)` at det_size 640.
+
+    .venv/bin/python bench/pipeline.py --images 40 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL = REPO.parent / "shared" / "eval"
+LANDSCAPE = (4032, 3024)
+
+
+def build_images(folder: Path, count: int, seed: int) -> list[Path]:
+    """Upscale real photos to 12 MP (cover the frame, centre-crop), all group photos first."""
+    from PIL import Image
+
+    sources = sorted((EVAL / "groups").glob("*.jpg"))
+    detection = sorted((EVAL / "detection" / "images").rglob("*.jpg"))
+    sources += random.Random(seed).sample(detection, max(0, count - len(sources)))
+    paths = []
+    for index, source in enumerate(sources[:count]):
+        image = Image.open(source).convert("RGB")
+        width, height = LANDSCAPE if image.width >= image.height else LANDSCAPE[::-1]
+        scale = max(width / image.width, height / image.height)
+        resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+        left, top = (resized.width - width) // 2, (resized.height - height) // 2
+        path = folder / f"{index:03d}_{source.stem}.jpg"
+        resized.crop((left, top, left + width, top + height)).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def run_ours(paths: list[Path], threads: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    from image_grouping.config import load_settings
+    from image_grouping.vision import FaceAnalyzer
+
+    analyzer = FaceAnalyzer.from_settings(load_settings(intra_op_threads=threads, analysis_workers=1))
+    analyzer.analyze(paths[0].read_bytes())  # warm-up, like the reference's
+
+    def analyse(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        faces = analyzer.analyze(path.read_bytes()).faces
+        boxes = np.array([face.box for face in faces], dtype=np.float32).reshape(-1, 4)
+        return boxes, np.array([face.embedding for face in faces], dtype=np.float32).reshape(-1, 512)
+
+    return _timed(paths, analyse)
+
+
+def run_insightface(paths: list[Path], threads: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    import cv2
+    import onnxruntime as ort
+    from insightface.app import FaceAnalysis
+
+    from image_grouping.vision.model_pack import BUNDLED_MODEL_FOLDER, BUNDLED_PACKS
+
+    pack = Path(tempfile.mkdtemp(prefix="buffalo_sc_"))
+    for name in BUNDLED_PACKS["buffalo_sc"]:
+        shutil.copy(BUNDLED_MODEL_FOLDER / name, pack / name)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    app = FaceAnalysis(
+        name=str(pack),
+        allowed_modules=["detection", "recognition"],
+        providers=["CPUExecutionProvider"],
+        sess_options=options,
+    )
+    app.prepare(ctx_id=-1, det_size=(640, 640))
+    app.get(cv2.imread(str(paths[0])))
+
+    def analyse(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        faces = app.get(cv2.imread(str(path)))
+        boxes = np.array([face.bbox for face in faces], dtype=np.float32).reshape(-1, 4)
+        return boxes, np.array([face.normed_embedding for face in faces], dtype=np.float32).reshape(-1, 512)
+
+    return _timed(paths, analyse)
+
+
+def _timed(paths, analyse):
+    boxes, embeddings = [], []
+    started = time.perf_counter()
+    for path in paths:
+        image_boxes, image_embeddings = analyse(path)
+        boxes.append(image_boxes)
+        embeddings.append(image_embeddings)
+    return boxes, embeddings, time.perf_counter() - started
+
+
+def side(name: str, folder: Path, threads: int, out: Path) -> None:
+    paths = sorted(folder.glob("*.jpg"))
+    boxes, embeddings, seconds = (run_ours if name == "ours" else run_insightface)(paths, threads)
+    np.savez(
+        out,
+        seconds=seconds,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        counts=np.array([len(b) for b in boxes]),
+        boxes=np.concatenate(boxes),
+        embeddings=np.concatenate(embeddings),
+    )
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = width * height
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / (area(box) + area(boxes) - inter)
+
+
+def agreement(ours: dict, reference: dict) -> tuple[list[float], int, int]:
+    """Cosine of the embeddings of the same faces (matched by box IoU >= 0.5), and the unmatched counts."""
+    cosines, only_ours, only_reference = [], 0, 0
+    ours_start = reference_start = 0
+    for ours_count, reference_count in zip(ours["counts"], reference["counts"], strict=True):
+        ours_boxes = ours["boxes"][ours_start : ours_start + ours_count]
+        reference_boxes = reference["boxes"][reference_start : reference_start + reference_count]
+        matched = set()
+        for index, box in enumerate(ours_boxes):
+            overlaps = iou(box, reference_boxes) if reference_count else np.zeros(0)
+            best = int(np.argmax(overlaps)) if overlaps.size else -1
+            if best < 0 or overlaps[best] < 0.5 or best in matched:
+                only_ours += 1
+                continue
+            matched.add(best)
+            cosines.append(
+                float(
+                    ours["embeddings"][ours_start + index] @ reference["embeddings"][reference_start + best]
+                )
+            )
+        only_reference += reference_count - len(matched)
+        ours_start += ours_count
+        reference_start += reference_count
+    return cosines, only_ours, only_reference
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--images", type=int, default=40, help="12 MP images to build (group photos first).")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads, both sides.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--side", choices=["ours", "insightface"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.side:
+        side(args.side, args.folder, args.threads, args.out)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="bench_12mp_") as temporary:
+        folder = Path(temporary)
+        paths = build_images(folder, args.images, args.seed)
+        print(f"{len(paths)} images of 12 MP in {folder}, {args.threads} onnxruntime thread(s) per session")
+        results = {}
+        for name in ("insightface", "ours"):
+            out = folder / f"{name}.npz"
+            command = [sys.executable, __file__, "--side", name, "--folder", str(folder), "--out", str(out)]
+            subprocess.run([*command, "--threads", str(args.threads)], check=True)
+            results[name] = dict(np.load(out))
+
+    for name, result in results.items():
+        faces = int(result["counts"].sum())
+        seconds = float(result["seconds"])
+        print(
+            f"{name:12s} {len(paths) / seconds:6.2f} images/s {faces / seconds:7.2f} faces/s "
+            f"({faces} faces)  peak RSS {float(result['peak_rss_mb']):.0f} MB"
+        )
+    ratio = float(results["insightface"]["seconds"]) / float(results["ours"]["seconds"])
+    print(f"throughput ratio ours / insightface: {ratio:.2f}x")
+    cosines, only_ours, only_reference = agreement(results["ours"], results["insightface"])
+    if cosines:
+        median, fifth = np.median(cosines), np.percentile(cosines, 5)
+        print(
+            f"embedding agreement over {len(cosines)} matched faces: median cosine {median:.4f}, "
+            f"5th percentile {fifth:.4f}, min {min(cosines):.4f}"
+        )
+    print(f"faces found only by ours: {only_ours}, only by insightface: {only_reference}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Measurements of the production pipeline on labelled photos."""

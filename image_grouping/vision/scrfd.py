@@ -1,0 +1,166 @@
+"""SCRFD face detector (decoding ported from insightface `model_zoo/scrfd.py`).
+
+The image is letterboxed into a square input; anchor-free outputs at strides 8/16/32 (or 8..128) are
+decoded into boxes and 5 landmarks with `distance2bbox` / `distance2kps`, thresholded and NMS-merged.
+A face that fills the frame is too large for single-scale SCRFD, so a "close-up" view places the image
+small in the middle of the input as well; both views run as one batch and their boxes are merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+_INPUT_MEAN = 127.5
+_INPUT_STD = 128.0
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """Faces found in one image, in its pixel coordinates, best score first."""
+
+    boxes: np.ndarray  # (n, 4) float32 x1, y1, x2, y2
+    scores: np.ndarray  # (n,) float32
+    landmarks: np.ndarray  # (n, 5, 2) float32
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, keep: np.ndarray) -> Detections:
+        return Detections(self.boxes[keep], self.scores[keep], self.landmarks[keep])
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """Where an image was placed on the square network input."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: int
+    offset_y: int
+
+
+@lru_cache(maxsize=32)
+def _anchor_centers(rows: int, columns: int, stride: int, anchors: int) -> np.ndarray:
+    centers = np.stack(np.mgrid[:rows, :columns][::-1], axis=-1).astype(np.float32).reshape(-1, 2) * stride
+    return np.repeat(centers, anchors, axis=0) if anchors > 1 else centers
+
+
+def distance2bbox(points: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    return np.concatenate([points - distance[:, :2], points + distance[:, 2:4]], axis=1)
+
+
+def distance2kps(points: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    return points[:, None, :] + distance.reshape(len(distance), -1, 2)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best score first (insightface's +1 box areas)."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        width = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
+        height = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
+        overlap = width * height / (areas[best] + areas[rest] - width * height)
+        order = rest[overlap <= threshold]
+    return np.array(keep, dtype=np.int64)
+
+
+class SCRFD:
+    """One SCRFD ONNX session; `detect` is thread-safe (onnxruntime sessions are)."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        *,
+        input_size: int = 640,
+        score_threshold: float = 0.5,
+        nms_threshold: float = 0.4,
+        closeup_padding: float = 2.0,
+    ) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_names = [output.name for output in session.get_outputs()]
+        fixed = session.get_inputs()[0].shape[2:4]
+        self.input_size = fixed[0] if all(isinstance(side, int) for side in fixed) else input_size
+        outputs = len(self.output_names)
+        if outputs not in (9, 15):
+            raise ValueError(f"not an SCRFD detector with landmarks ({outputs} outputs, expected 9 or 15)")
+        self.strides = (8, 16, 32) if outputs == 9 else (8, 16, 32, 64, 128)
+        self.anchors = 2 if outputs == 9 else 1
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.closeup_padding = closeup_padding
+
+    def detect(self, image: np.ndarray, *, closeup: bool = False) -> Detections:
+        """Faces in an RGB image. `closeup` also looks for faces that fill the frame."""
+        return self.detect_batch([image], closeup=closeup)[0]
+
+    def detect_batch(self, images: list[np.ndarray], *, closeup: bool = False) -> list[Detections]:
+        """One network run for all images (and their close-up views)."""
+        paddings = (1.0, self.closeup_padding) if closeup else (1.0,)
+        canvases, views = [], []
+        for image in images:
+            for padding in paddings:
+                canvas, view = self._letterbox(image, padding)
+                canvases.append(canvas)
+                views.append(view)
+        blob = cv2.dnn.blobFromImages(
+            canvases, 1.0 / _INPUT_STD, (self.input_size, self.input_size), (_INPUT_MEAN,) * 3, swapRB=False
+        )
+        outputs = self.session.run(self.output_names, {self.input_name: blob})
+        found = [self._decode(outputs, index, view) for index, view in enumerate(views)]
+        per_image = len(paddings)
+        return [self._merge(found[start : start + per_image]) for start in range(0, len(found), per_image)]
+
+    def _letterbox(self, image: np.ndarray, padding: float) -> tuple[np.ndarray, _View]:
+        """The image resized to fit the input (1/padding of it when padded), centred when padded."""
+        height, width = image.shape[:2]
+        fit = self.input_size / padding / max(height, width)
+        new_width, new_height = max(1, round(width * fit)), max(1, round(height * fit))
+        offset_x = (self.input_size - new_width) // 2 if padding > 1 else 0
+        offset_y = (self.input_size - new_height) // 2 if padding > 1 else 0
+        canvas = np.zeros((self.input_size, self.input_size, 3), dtype=np.uint8)
+        canvas[offset_y : offset_y + new_height, offset_x : offset_x + new_width] = cv2.resize(
+            image, (new_width, new_height)
+        )
+        return canvas, _View(new_width / width, new_height / height, offset_x, offset_y)
+
+    def _decode(self, outputs: list[np.ndarray], index: int, view: _View) -> Detections:
+        levels = len(self.strides)
+        boxes, scores, landmarks = [], [], []
+        for level, stride in enumerate(self.strides):
+            level_scores = outputs[level][index, :, 0]
+            keep = np.flatnonzero(level_scores >= self.score_threshold)
+            if keep.size == 0:
+                continue
+            side = self.input_size // stride
+            centers = _anchor_centers(side, side, stride, self.anchors)[keep]
+            boxes.append(distance2bbox(centers, outputs[level + levels][index, keep] * stride))
+            landmarks.append(distance2kps(centers, outputs[level + 2 * levels][index, keep] * stride))
+            scores.append(level_scores[keep])
+        if not scores:
+            return Detections(
+                np.empty((0, 4), np.float32), np.empty(0, np.float32), np.empty((0, 5, 2), np.float32)
+            )
+        offset = np.array([view.offset_x, view.offset_y], dtype=np.float32)
+        scale = np.array([view.scale_x, view.scale_y], dtype=np.float32)
+        box_points = (np.concatenate(boxes).reshape(-1, 2, 2) - offset) / scale
+        points = (np.concatenate(landmarks) - offset) / scale
+        return Detections(box_points.reshape(-1, 4), np.concatenate(scores), points.astype(np.float32))
+
+    def _merge(self, views: list[Detections]) -> Detections:
+        merged = Detections(
+            np.concatenate([found.boxes for found in views]).astype(np.float32),
+            np.concatenate([found.scores for found in views]).astype(np.float32),
+            np.concatenate([found.landmarks for found in views]).astype(np.float32),
+        )
+        return merged.take(nms(merged.boxes, merged.scores, self.nms_threshold))
