@@ -1,0 +1,61 @@
+"""What the data layer returns: plain records and the arrays grouping works on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import numpy as np
+
+ImageStatus = Literal["pending", "done", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRecord:
+    id: int
+    source_id: str | None  # the uploader's id, when the message carries one
+    source_path: str  # the path as the uploader stored it (UNC prefix and all)
+    status: ImageStatus
+    content_hash: str | None  # sha256 hex of the file's bytes, once processed
+    size_bytes: int | None
+    width: int | None
+    height: int | None
+    model_pack: str | None
+    error: str | None
+    processed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRecord:
+    id: int
+    name: str | None
+    hidden: bool
+    cover_face_id: int | None
+    face_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FaceSet:
+    """Faces as parallel numpy arrays: what grouping needs, loaded in one query."""
+
+    face_ids: np.ndarray  # (n,) int64
+    image_ids: np.ndarray  # (n,) int64
+    embeddings: np.ndarray  # (n, d) float32
+    person_ids: np.ndarray  # (n,) int64, -1 where the face belongs to nobody
+    manual: np.ndarray  # (n,) bool: the person (or its absence) was set by hand; grouping must keep it
+    det_score: np.ndarray  # (n,) float32
+    size_px: np.ndarray  # (n,) float32
+    sharpness: np.ndarray  # (n,) float32
+    yaw: np.ndarray  # (n,) float32
+
+    def __len__(self) -> int:
+        return len(self.face_ids)
+
+    @classmethod
+    def empty(cls, dim: int = 0) -> FaceSet:
+        none = np.empty(0, np.float32)
+        ids = np.empty(0, np.int64)
+        return cls(ids, ids, np.empty((0, dim), np.float32), ids, np.empty(0, bool), none, none, none, none)

@@ -1,0 +1,137 @@
+"""The tables, as SQLAlchemy Core metadata. Migrations create them; this is what the queries use.
+
+Portable to SQL Server, PostgreSQL and SQLite: no native booleans compared with IS, no arrays, keys short
+enough for SQL Server's index key limit, NVARCHAR where people's text goes, VARBINARY(max) blobs, and few
+cascades (SQL Server refuses cascade paths that form cycles, so the repositories clean up persons' links).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Unicode,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.mssql import VARBINARY
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, not a BIGINT one.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+# SQL Server would otherwise get the deprecated IMAGE type.
+Blob = LargeBinary().with_variant(VARBINARY("max"), "mssql")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+AUTOMATIC = "auto"  # faces.assigned_by: set by grouping, which may change it
+BY_HAND = "manual"  # set (or cleared) by a person; grouping never changes it
+
+images = Table(
+    "images",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source_id", Unicode(255), nullable=True),
+    Column("source_path", Unicode(2000), nullable=False),
+    # sha256 of the normalised source path: unique key without hitting SQL Server's 1700-byte index limit
+    Column("path_key", String(64), nullable=False),
+    Column("content_hash", String(64), nullable=True),
+    Column("size_bytes", BigInteger, nullable=True),
+    Column("width", Integer, nullable=True),
+    Column("height", Integer, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("error", Unicode(1000), nullable=True),
+    Column("model_pack", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("path_key"),
+    CheckConstraint("status IN ('pending', 'done', 'failed')", name="status"),
+    Index(None, "content_hash", "model_pack"),
+    Index(None, "status", "id"),
+    Index(None, "source_id"),
+    sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
+)
+
+persons = Table(
+    "persons",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", Unicode(255), nullable=True),
+    Column("hidden", Boolean(create_constraint=False), nullable=False),
+    Column("cover_face_id", BigInteger, nullable=True),  # no FK: it would close a cycle with faces
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
+)
+
+faces = Table(
+    "faces",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("image_id", Id, ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    Column("model_pack", String(64), nullable=False),
+    Column("face_index", Integer, nullable=False),  # position in the analysis; unique per image and pack
+    Column("box_x1", Float, nullable=False),
+    Column("box_y1", Float, nullable=False),
+    Column("box_x2", Float, nullable=False),
+    Column("box_y2", Float, nullable=False),
+    Column("landmarks", Blob, nullable=False),  # (5, 2) float32, little-endian
+    Column("det_score", Float, nullable=False),
+    Column("size_px", Float, nullable=False),
+    Column("sharpness", Float, nullable=False),
+    Column("yaw", Float, nullable=False),
+    Column("pose", String(16), nullable=False),
+    Column("thumbnail_path", Unicode(1000), nullable=True),  # posix, relative to SYSTEM_STORAGE
+    Column("embedding", Blob, nullable=False),  # (d,) float32, little-endian, L2-normalised
+    Column("person_id", Id, ForeignKey("persons.id"), nullable=True),
+    Column("assigned_by", String(8), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("image_id", "model_pack", "face_index"),
+    CheckConstraint(f"assigned_by IN ('{AUTOMATIC}', '{BY_HAND}')", name="assigned_by"),
+    Index(None, "model_pack", "person_id"),
+    Index(None, "person_id"),
+    sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
+)
+
+# "This face is not that person", said by hand; grouping must respect it.
+cannot_links = Table(
+    "cannot_links",
+    metadata,
+    Column("face_id", Id, ForeignKey("faces.id", ondelete="CASCADE"), primary_key=True),
+    Column("person_id", Id, ForeignKey("persons.id"), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index(None, "person_id"),
+)
+
+recluster_runs = Table(
+    "recluster_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("stats", JSON, nullable=True),
+    CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),
+    Index(None, "kind", "started_at"),
+    sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
+)

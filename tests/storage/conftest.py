@@ -1,0 +1,73 @@
+"""Storage tests run once per database: SQLite, the PostgreSQL server of this machine and, when
+`MSSQL_URL` is set, SQL Server (that database is emptied by the tests)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from image_grouping.storage import SqlUnitOfWork, ensure_schema
+from image_grouping.storage.database import async_url, engine_for_url, odbc_url
+from image_grouping.storage.schema import cannot_links, faces, images, persons, recluster_runs
+
+POSTGRES_ADMIN_DSN = os.environ.get("POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+MSSQL_URL = os.environ.get("MSSQL_URL")
+BACKENDS = [
+    "sqlite",
+    "postgresql",
+    pytest.param(
+        "mssql",
+        marks=[
+            pytest.mark.mssql,
+            pytest.mark.skipif(not MSSQL_URL, reason="MSSQL_URL is not set: no SQL Server to test against"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[AsyncEngine]:
+    """A migrated database of each backend, shared by the session; `uow_factory` empties it per test."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'test.sqlite3'}"
+    elif request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = MSSQL_URL if "://" in MSSQL_URL else odbc_url(MSSQL_URL)  # a URL or an ODBC string
+    engine = engine_for_url(async_url(url))
+    await ensure_schema(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def uow_factory(engine: AsyncEngine) -> Callable[[], SqlUnitOfWork]:
+    async with engine.begin() as connection:
+        for table in (cannot_links, faces, persons, images, recluster_runs):
+            await connection.execute(delete(table))
+    return lambda: SqlUnitOfWork(engine)
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """An empty PostgreSQL database for one test (migrations start from nothing)."""
+    import psycopg2
+
+    name = f"test_ig_mig_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(POSTGRES_ADMIN_DSN)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -1,0 +1,98 @@
+"""Stored image paths map into the images root and nowhere else; thumbnails are written atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from image_grouping.errors import ImageNotFoundError, ImagePathError
+from image_grouping.storage import ImagePathResolver, ThumbnailStore
+
+PREFIX = "//server_ip/files/location"
+
+
+@pytest.fixture
+def images_root(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    (root / "2024" / "trip").mkdir(parents=True)
+    (root / "2024" / "trip" / "a.jpg").write_bytes(b"jpeg")
+    (tmp_path / "secret.txt").write_text("outside")
+    (root / "2024" / "link-out.jpg").symlink_to(tmp_path / "secret.txt")
+    (root / "2024" / "link-in.jpg").symlink_to(root / "2024" / "trip" / "a.jpg")
+    return root
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "//server_ip/files/location/2024/trip/a.jpg",
+        "\\\\server_ip\\files\\location\\2024\\trip\\a.jpg",
+        "//SERVER_IP/Files/location/2024/trip/a.jpg",
+        "//server_ip/files/location/2024/x/../trip/a.jpg",
+        "2024/trip/a.jpg",
+        "//server_ip/files/location/2024/link-in.jpg",
+    ],
+)
+def test_paths_under_the_prefix_resolve_into_the_images_root(images_root: Path, stored: str) -> None:
+    resolved = ImagePathResolver(PREFIX, images_root).resolve(stored)
+    assert resolved == (images_root / "2024" / "trip" / "a.jpg").resolve()
+
+
+def test_an_absolute_path_inside_the_root_is_accepted(images_root: Path) -> None:
+    inside = str(images_root / "2024" / "trip" / "a.jpg")
+    assert ImagePathResolver(PREFIX, images_root).resolve(inside).name == "a.jpg"
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "//server_ip/files/location/../secret.txt",
+        "//server_ip/files/location/2024/../../secret.txt",
+        "\\\\server_ip\\files\\location\\..\\..\\..\\etc\\passwd",
+        "../secret.txt",
+        "2024/../../secret.txt",
+        "/etc/passwd",
+        "//other_server/files/location/2024/trip/a.jpg",
+        "//server_ip/files/location2/2024/trip/a.jpg",
+        "C:\\images\\a.jpg",
+        "//server_ip/files/location/2024/link-out.jpg",
+        "2024/trip/a.jpg\x00.png",
+        "",
+    ],
+)
+def test_paths_leading_outside_the_images_root_are_refused(images_root: Path, stored: str) -> None:
+    with pytest.raises(ImagePathError):
+        ImagePathResolver(PREFIX, images_root).resolve(stored)
+
+
+def test_missing_or_unreadable_files_raise_image_not_found(images_root: Path) -> None:
+    resolver = ImagePathResolver(PREFIX + "/", images_root)
+    with pytest.raises(ImageNotFoundError):
+        resolver.resolve(PREFIX + "/2024/trip/missing.jpg")
+    with pytest.raises(ImageNotFoundError):
+        resolver.resolve(PREFIX + "/2024/trip")  # a folder
+    if os.geteuid() != 0:  # root reads everything
+        (images_root / "2024" / "trip" / "a.jpg").chmod(0)
+        with pytest.raises(ImageNotFoundError):
+            resolver.resolve(PREFIX + "/2024/trip/a.jpg")
+
+
+def test_thumbnails_are_saved_under_system_storage_with_a_relative_path(tmp_path: Path) -> None:
+    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data")
+
+    first = store.save("42", 0, b"first")
+    second = store.save("42", 0, b"second")  # a re-run overwrites in place
+    odd = store.save("../../etc/x", 3, b"odd")
+
+    assert first == second == "thumbnails/42/42_0.jpg"
+    assert store.path_of(first).read_bytes() == b"second"
+    assert (tmp_path / "data" / odd).resolve().is_relative_to(tmp_path / "data" / "thumbnails")
+    assert not list((tmp_path / "data" / "thumbnails").rglob(".tmp-*"))  # no temporary files left
+
+
+def test_thumbnails_outside_system_storage_get_an_absolute_path(tmp_path: Path) -> None:
+    saved = ThumbnailStore(tmp_path / "thumbs", tmp_path / "data").save("7", 1, b"x")
+    assert Path(saved).is_absolute()
+    assert Path(saved).read_bytes() == b"x"
