@@ -1,18 +1,23 @@
 """Throughput, embedding agreement and peak memory: this project's pipeline versus plain InsightFace.
 
-Builds 12-megapixel JPEGs (4032x3024, quality 90) by upscaling the group photos and a sample of the
-detection photos of ../shared/eval into a temporary folder, then runs each side in its own subprocess on
-the same files with the same thread count:
+Builds 12-megapixel JPEGs (4032x3024, quality 90) by upscaling all group photos of ../shared/eval and a
+sample of its detection photos into a temporary folder, then runs each side in its own subprocess on the
+same files, alternating sides over the rounds so that both see the same machine load:
 
-- ours: `FaceAnalyzer.analyze(bytes)` (decode, detect, align, embed, quality, thumbnails);
-- insightface: `cv2.imread` + `FaceAnalysis(name=<buffalo_sc folder>).get(img)` at det_size 640.
+- insightface, as a user would write it: `cv2.imread` + `FaceAnalysis(name=<buffalo_sc folder>).get(img)`
+  at det_size 640, onnxruntime's default threads (all cores), one image after the other;
+- ours, as the service runs it: the default settings (one image in flight per core, one onnxruntime
+  thread per run), `max_in_flight` images handed to `FaceAnalyzer.analyze_async` at once (decode,
+  detect, align, embed, quality, thumbnails).
 
-    .venv/bin/python bench/pipeline.py --images 40 --threads 1
+    .venv/bin/python bench/pipeline.py --images 61 --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import random
 import resource
 import shutil
@@ -49,24 +54,45 @@ def build_images(folder: Path, count: int, seed: int) -> list[Path]:
     return paths
 
 
-def run_ours(paths: list[Path], threads: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+Result = tuple[list[np.ndarray], list[np.ndarray], list[float], float]
+
+
+def run_ours(paths: list[Path]) -> Result:
     from image_grouping.config import load_settings
     from image_grouping.vision import FaceAnalyzer
 
-    analyzer = FaceAnalyzer.from_settings(load_settings(intra_op_threads=threads, analysis_workers=1))
+    settings = load_settings()
+    analyzer = FaceAnalyzer.from_settings(settings)
     analyzer.analyze(paths[0].read_bytes())  # warm-up, like the reference's
+    print(
+        f"ours: {settings.analysis_workers} analysis workers, {settings.max_in_flight} images in flight",
+        flush=True,
+    )
 
-    def analyse(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        faces = analyzer.analyze(path.read_bytes()).faces
+    async def analyse(path: Path, slots: asyncio.Semaphore) -> tuple[np.ndarray, np.ndarray, float]:
+        async with slots:
+            started = time.perf_counter()
+            data = await asyncio.to_thread(path.read_bytes)
+            faces = (await analyzer.analyze_async(data)).faces
+            latency = time.perf_counter() - started
         boxes = np.array([face.box for face in faces], dtype=np.float32).reshape(-1, 4)
-        return boxes, np.array([face.embedding for face in faces], dtype=np.float32).reshape(-1, 512)
+        embeddings = np.array([face.embedding for face in faces], dtype=np.float32).reshape(-1, 512)
+        return boxes, embeddings, latency
 
-    return _timed(paths, analyse)
+    async def analyse_all() -> list[tuple[np.ndarray, np.ndarray, float]]:
+        slots = asyncio.Semaphore(settings.max_in_flight)
+        return await asyncio.gather(*(analyse(path, slots) for path in paths))
+
+    started = time.perf_counter()
+    results = asyncio.run(analyse_all())
+    seconds = time.perf_counter() - started
+    analyzer.close()
+    boxes, embeddings, latencies = (list(column) for column in zip(*results, strict=True))
+    return boxes, embeddings, latencies, seconds
 
 
-def run_insightface(paths: list[Path], threads: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+def run_insightface(paths: list[Path]) -> Result:
     import cv2
-    import onnxruntime as ort
     from insightface.app import FaceAnalysis
 
     from image_grouping.vision.model_pack import BUNDLED_MODEL_FOLDER, BUNDLED_PACKS
@@ -74,43 +100,33 @@ def run_insightface(paths: list[Path], threads: int) -> tuple[list[np.ndarray], 
     pack = Path(tempfile.mkdtemp(prefix="buffalo_sc_"))
     for name in BUNDLED_PACKS["buffalo_sc"]:
         shutil.copy(BUNDLED_MODEL_FOLDER / name, pack / name)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
     app = FaceAnalysis(
-        name=str(pack),
-        allowed_modules=["detection", "recognition"],
-        providers=["CPUExecutionProvider"],
-        sess_options=options,
+        name=str(pack), allowed_modules=["detection", "recognition"], providers=["CPUExecutionProvider"]
     )
     app.prepare(ctx_id=-1, det_size=(640, 640))
     app.get(cv2.imread(str(paths[0])))
 
-    def analyse(path: Path) -> tuple[np.ndarray, np.ndarray]:
-        faces = app.get(cv2.imread(str(path)))
-        boxes = np.array([face.bbox for face in faces], dtype=np.float32).reshape(-1, 4)
-        return boxes, np.array([face.normed_embedding for face in faces], dtype=np.float32).reshape(-1, 512)
-
-    return _timed(paths, analyse)
-
-
-def _timed(paths, analyse):
-    boxes, embeddings = [], []
+    boxes, embeddings, latencies = [], [], []
     started = time.perf_counter()
     for path in paths:
-        image_boxes, image_embeddings = analyse(path)
-        boxes.append(image_boxes)
-        embeddings.append(image_embeddings)
-    return boxes, embeddings, time.perf_counter() - started
+        image_started = time.perf_counter()
+        faces = app.get(cv2.imread(str(path)))
+        latencies.append(time.perf_counter() - image_started)
+        boxes.append(np.array([face.bbox for face in faces], dtype=np.float32).reshape(-1, 4))
+        embeddings.append(
+            np.array([face.normed_embedding for face in faces], dtype=np.float32).reshape(-1, 512)
+        )
+    return boxes, embeddings, latencies, time.perf_counter() - started
 
 
-def side(name: str, folder: Path, threads: int, out: Path) -> None:
+def side(name: str, folder: Path, out: Path) -> None:
     paths = sorted(folder.glob("*.jpg"))
-    boxes, embeddings, seconds = (run_ours if name == "ours" else run_insightface)(paths, threads)
+    boxes, embeddings, latencies, seconds = (run_ours if name == "ours" else run_insightface)(paths)
     np.savez(
         out,
         seconds=seconds,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        latencies=np.array(latencies),
         counts=np.array([len(b) for b in boxes]),
         boxes=np.concatenate(boxes),
         embeddings=np.concatenate(embeddings),
@@ -155,37 +171,55 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, default=40, help="12 MP images to build (group photos first).")
-    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads, both sides.")
+    parser.add_argument(
+        "--images", type=int, default=61, help="12 MP images to build (21 group photos first)."
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="Runs of each side, alternating.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--side", choices=["ours", "insightface"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        side(args.side, args.folder, args.threads, args.out)
+        side(args.side, args.folder, args.out)
         return
 
     with tempfile.TemporaryDirectory(prefix="bench_12mp_") as temporary:
         folder = Path(temporary)
         paths = build_images(folder, args.images, args.seed)
-        print(f"{len(paths)} images of 12 MP in {folder}, {args.threads} onnxruntime thread(s) per session")
-        results = {}
-        for name in ("insightface", "ours"):
-            out = folder / f"{name}.npz"
-            command = [sys.executable, __file__, "--side", name, "--folder", str(folder), "--out", str(out)]
-            subprocess.run([*command, "--threads", str(args.threads)], check=True)
-            results[name] = dict(np.load(out))
+        print(f"{len(paths)} images of 12 MP in {folder}, {os.cpu_count()} CPUs")
+        ratios = []
+        for round_index in range(args.rounds):
+            order = ("insightface", "ours") if round_index % 2 == 0 else ("ours", "insightface")
+            results = {}
+            for name in order:
+                out = folder / f"{name}.npz"
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--side",
+                    name,
+                    "--folder",
+                    str(folder),
+                    "--out",
+                    str(out),
+                ]
+                subprocess.run(command, check=True)
+                results[name] = dict(np.load(out))
+            print(f"--- round {round_index + 1} ({' then '.join(order)})")
+            for name in ("insightface", "ours"):
+                result = results[name]
+                faces, seconds = int(result["counts"].sum()), float(result["seconds"])
+                print(
+                    f"{name:12s} {len(paths) / seconds:6.2f} images/s {faces / seconds:7.2f} faces/s "
+                    f"({faces} faces)  latency median {1000 * np.median(result['latencies']):.0f} ms "
+                    f"p95 {1000 * np.percentile(result['latencies'], 95):.0f} ms  "
+                    f"peak RSS {float(result['peak_rss_mb']):.0f} MB"
+                )
+            ratios.append(float(results["insightface"]["seconds"]) / float(results["ours"]["seconds"]))
+            print(f"throughput ratio ours / insightface: {ratios[-1]:.2f}x")
 
-    for name, result in results.items():
-        faces = int(result["counts"].sum())
-        seconds = float(result["seconds"])
-        print(
-            f"{name:12s} {len(paths) / seconds:6.2f} images/s {faces / seconds:7.2f} faces/s "
-            f"({faces} faces)  peak RSS {float(result['peak_rss_mb']):.0f} MB"
-        )
-    ratio = float(results["insightface"]["seconds"]) / float(results["ours"]["seconds"])
-    print(f"throughput ratio ours / insightface: {ratio:.2f}x")
+    print(f"throughput ratio over {len(ratios)} rounds: " + ", ".join(f"{r:.2f}x" for r in ratios))
     cosines, only_ours, only_reference = agreement(results["ours"], results["insightface"])
     if cosines:
         median, fifth = np.median(cosines), np.percentile(cosines, 5)

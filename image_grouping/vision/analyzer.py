@@ -3,7 +3,8 @@
 Speed comes from decoding no more pixels than needed: a JPEG is first decoded at the smallest DCT scale
 that still fills the detector's input; only when a face found there would be enlarged by its 112x112
 alignment is the image decoded again, at the scale that face needs. Recognition runs once per call over
-all faces of all images handed in.
+all faces of all images handed in. The async methods run in the analyzer's executor, ANALYSIS_WORKERS
+images at a time sharing the sessions, so that one image is decoded while another is in a network.
 """
 
 from __future__ import annotations

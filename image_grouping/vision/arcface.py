@@ -41,5 +41,5 @@ class ArcFace:
             (self.input_mean,) * 3,
             swapRB=False,
         )
-        embeddings = self.session.run([self.output_name], {self.input_name: blob})[0].astype(np.float32)
+        embeddings = self.session.run([self.output_name], {self.input_name: blob})[0]
         return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)

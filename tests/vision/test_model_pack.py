@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,7 +10,12 @@ import pytest
 
 from image_grouping.config import Settings
 from image_grouping.vision import FaceAnalyzer, ModelPackError
-from image_grouping.vision.model_pack import BUNDLED_MODEL_FOLDER, BUNDLED_PACKS, load_bundled_pack
+from image_grouping.vision.model_pack import (
+    BUNDLED_MODEL_FOLDER,
+    BUNDLED_PACKS,
+    intra_op_threads,
+    load_bundled_pack,
+)
 
 
 @pytest.fixture
@@ -60,3 +66,13 @@ def test_model_dir_pack_is_found_by_its_contents(
     assert len(analysis.faces) == len(reference.faces) == 2
     for face, same in zip(analysis.faces, reference.faces, strict=True):
         assert float(face.embedding @ same.embedding) > 0.9999
+
+
+def test_default_threads_give_each_image_in_flight_one_core() -> None:
+    defaults = Settings()
+
+    assert defaults.analysis_workers == len(os.sched_getaffinity(0))
+    if defaults.analysis_workers > 1:
+        assert intra_op_threads(defaults) == 1
+    assert intra_op_threads(defaults.model_copy(update={"analysis_workers": 1})) == 0  # onnxruntime's choice
+    assert intra_op_threads(defaults.model_copy(update={"intra_op_threads": 3})) == 3
