@@ -1,0 +1,79 @@
+"""Incremental assignment of newly detected faces, between two full reclusters.
+
+A new face joins an existing person when several of its nearest assigned faces belong to that person
+(`attach_by_votes`: min(`min_votes`, person size) votes, no tie, no face of the same photo, no
+cannot-link). Otherwise it waits, unassigned. The new faces and the unassigned faces close to them are
+then grouped like a recluster, but only groups of `found_min_faces` (a tighter bar than a full recluster,
+which sees all faces at once) found new persons. Everything else waits for the next full recluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from image_grouping.grouping.clustering import GroupingInput, attach_by_votes, group_faces
+from image_grouping.grouping.neighbours import Neighbours, search
+from image_grouping.grouping.params import GroupingParams
+
+
+@dataclass(frozen=True)
+class IncrementalDecision:
+    joined: dict[int, int]  # face index -> existing person id
+    founded: list[np.ndarray]  # face indices of each new person
+
+
+def assign_incrementally(
+    faces: GroupingInput, person_ids: np.ndarray, new_faces: np.ndarray, params: GroupingParams
+) -> IncrementalDecision:
+    """Decide which of `new_faces` (indices of unassigned faces) join a person, and which persons to found.
+
+    Every assigned face is treated as anchored to its person, so the cannot-links apply to person ids.
+    """
+    new_faces = np.asarray(new_faces, np.int64)
+    assigned = np.flatnonzero(person_ids >= 0)
+    anchored = replace(faces, anchors=np.where(person_ids >= 0, person_ids, faces.anchors))
+    near = _neighbours_among(faces.embeddings, new_faces, assigned, params.neighbours)
+    labels = attach_by_votes(anchored, person_ids, new_faces, near, params)
+    joined = {int(face): int(labels[face]) for face in new_faces if labels[face] >= 0}
+
+    waiting = new_faces[labels[new_faces] < 0]
+    unassigned = np.flatnonzero(labels < 0)
+    pool = _close_unassigned(faces.embeddings, waiting, unassigned, params)
+    if len(pool) < params.found_min_faces:
+        return IncrementalDecision(joined, [])
+    subset = GroupingInput(
+        embeddings=faces.embeddings[pool],
+        image_ids=faces.image_ids[pool],
+        reliable=faces.reliable[pool],
+        anchors=faces.anchors[pool],
+        pinned=faces.pinned[pool],
+        forbidden={
+            row: faces.forbidden[face] for row, face in enumerate(pool.tolist()) if face in faces.forbidden
+        },
+    )
+    groups = group_faces(subset, params, min_faces=params.found_min_faces).labels
+    founded = [pool[groups == group] for group in range(int(groups.max(initial=-1)) + 1)]
+    # A loose face whose group fell under the bar after refinement leaves nothing behind: keep real groups.
+    founded = [members for members in founded if len(members) >= params.found_min_faces]
+    return IncrementalDecision(joined, founded)
+
+
+def _neighbours_among(embeddings: np.ndarray, queries: np.ndarray, base: np.ndarray, k: int) -> Neighbours:
+    """Each query's k nearest faces among `base` (exact), as indices into `embeddings`."""
+    found = search(embeddings[queries], embeddings[base], k)
+    padded = np.append(base, -1)  # a missing neighbour (-1) maps to the -1 at the end, even with no base
+    indices = padded[np.where(found.indices >= 0, found.indices, len(base))]
+    return Neighbours(indices, found.similarities)
+
+
+def _close_unassigned(
+    embeddings: np.ndarray, waiting: np.ndarray, unassigned: np.ndarray, params: GroupingParams
+) -> np.ndarray:
+    """The waiting faces and the unassigned faces linked to them: where a new person can appear."""
+    if len(waiting) == 0:
+        return waiting
+    near = _neighbours_among(embeddings, waiting, unassigned, params.neighbours + 1)
+    linked = near.indices[(near.similarities >= params.link_similarity) & (near.indices >= 0)]
+    return np.union1d(waiting, linked)

@@ -1,0 +1,33 @@
+"""The thresholds of grouping, read once from the settings so the domain code never sees the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from image_grouping.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class GroupingParams:
+    """Cosine similarities are those of the model pack's unit embeddings (buffalo_sc defaults)."""
+
+    neighbours: int = 16  # k of the neighbour graph
+    link_similarity: float = 0.36  # an edge of the graph: two faces this similar may be one person
+    merge_similarity: float = 0.34  # two groups merge when their faces are this similar on average
+    cohesion_similarity: float = 0.35  # a group's mean pairwise similarity must reach this to be a person
+    member_similarity: float = 0.3  # a face less similar than this to its group's mean is cut loose
+    vote_similarity: float = 0.36  # a neighbour this similar is a vote for its person
+    min_votes: int = 3  # votes a face needs to join a person (a person smaller than this: all its faces)
+    min_faces: int = 2  # smallest person a full recluster founds
+    found_min_faces: int = 3  # smallest person incremental assignment founds (a tighter bar: less context)
+    min_reliable_faces: int = 2  # reliable faces (see quality.py) a new person needs
+    min_det_score: float = 0.6
+    min_face_px: float = 32.0
+    min_sharpness: float = 15.0
+    max_abs_yaw: float = 0.6
+    exact_search_limit: int = 20_000  # above this many faces the neighbour search is approximate
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GroupingParams:
+        values = {field.name: getattr(settings, f"grouping_{field.name}") for field in fields(cls)}
+        return cls(**values)

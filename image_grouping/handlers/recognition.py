@@ -1,0 +1,208 @@
+"""Grouping glue: load faces from the unit of work, let `image_grouping.grouping` decide, write back.
+
+The callers (consumer routes, the oneshot run, the CLI) commit the unit of work; these functions only
+write through it, and write nothing at all in a dry run. They return the `PersonChanges` that the service
+publishes as `persons.updated`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+
+from image_grouping.config import Settings
+from image_grouping.grouping import (
+    GroupingInput,
+    GroupingParams,
+    assign_incrementally,
+    group_faces,
+    map_groups_to_persons,
+    reliable_faces,
+)
+from image_grouping.models.persons import PersonChanges
+from image_grouping.models.records import FaceSet, PersonRecord
+
+log = structlog.get_logger(__name__)
+
+
+async def assign_new_faces(
+    face_ids: Sequence[int], model_pack: str, uow: Any, settings: Settings
+) -> PersonChanges:
+    """Put newly detected faces into existing persons where the evidence is strong; found tight new groups."""
+    params = GroupingParams.from_settings(settings)
+    changes = PersonChanges(model_pack=model_pack, kind="incremental", dry_run=settings.dry_run)
+    faces = await uow.faces.load_for_grouping(model_pack)
+    persons = await uow.persons.list()
+    usable = _groupable(faces)
+    index_of = {face_id: row for row, face_id in enumerate(faces.face_ids[usable].tolist())}
+    subset = _take(faces, usable)
+    new = np.array(sorted({index_of[face_id] for face_id in face_ids if face_id in index_of}), np.int64)
+    new = new[subset.person_ids[new] < 0] if len(new) else new
+    if len(new) == 0:
+        return changes
+    grouping_input = _grouping_input(subset, persons, await uow.faces.cannot_links(), params)
+    decision = assign_incrementally(grouping_input, subset.person_ids, new, params)
+
+    assignments: dict[int, int | None] = {
+        int(subset.face_ids[row]): person for row, person in decision.joined.items()
+    }
+    for number, members in enumerate(decision.founded):
+        cover = _cover_face(subset, grouping_input.reliable, members)
+        person = -2 - number if settings.dry_run else await uow.persons.create(cover_face_id=cover)
+        changes.created.append(person)
+        assignments.update({int(face_id): person for face_id in subset.face_ids[members].tolist()})
+    changes.faces_assigned = len(assignments)
+    if assignments and not settings.dry_run:
+        await uow.faces.set_persons(assignments)
+    log.info("new faces grouped", faces=len(new), joined=len(decision.joined), founded=len(decision.founded))
+    return changes
+
+
+async def recluster_all(model_pack: str, uow: Any, settings: Settings, *, dry_run: bool) -> PersonChanges:
+    """Regroup every face of the pack, keeping person ids (largest overlap) and every manual edit."""
+    params = GroupingParams.from_settings(settings)
+    changes = PersonChanges(model_pack=model_pack, kind="recluster", dry_run=dry_run)
+    run_id = None if dry_run else await uow.runs.start("recluster")
+    faces = await uow.faces.load_for_grouping(model_pack)
+    persons = await uow.persons.list()
+    subset = _take(faces, _groupable(faces))
+    grouping_input = _grouping_input(subset, persons, await uow.faces.cannot_links(), params)
+    labels = group_faces(grouping_input, params).labels
+    plan = map_groups_to_persons(
+        labels,
+        subset.person_ids,
+        grouping_input.pinned,
+        grouping_input.anchors,
+        grouping_input.forbidden,
+        [person.id for person in persons],
+        min_faces=params.min_faces,
+    )
+
+    final = plan.person_ids.copy()
+    for placeholder in plan.new_persons:
+        members = np.flatnonzero(final == placeholder)
+        person = (
+            placeholder
+            if dry_run
+            else await uow.persons.create(cover_face_id=_cover_face(subset, grouping_input.reliable, members))
+        )
+        final[members] = person
+        changes.created.append(int(person))
+    before, automatic = subset.person_ids, ~subset.manual
+    changed = automatic & (final != before)
+    changes.faces_assigned = int((changed & (before < 0)).sum())
+    changes.faces_unassigned = int((changed & (final < 0)).sum())
+    changes.faces_moved = int((changed & (before >= 0) & (final >= 0)).sum())
+    changes.merged = plan.merged
+    changes.emptied = plan.emptied
+    if not dry_run:
+        await uow.faces.set_persons(
+            {
+                int(face_id): (int(person) if person >= 0 else None)
+                for face_id, person in zip(
+                    subset.face_ids[changed].tolist(), final[changed].tolist(), strict=True
+                )
+            }
+        )
+        await _tidy_persons(uow, persons, changes, subset, final, grouping_input.reliable)
+        await uow.runs.finish(run_id, changes.to_event_data())
+    log.info(
+        "recluster done",
+        created=len(changes.created),
+        merged=len(changes.merged),
+        emptied=len(changes.emptied),
+        faces_assigned=changes.faces_assigned,
+        faces_moved=changes.faces_moved,
+        faces_unassigned=changes.faces_unassigned,
+        dry_run=dry_run,
+    )
+    return changes
+
+
+async def run_full_recluster(settings: Settings) -> str:
+    """`image-grouping recluster`: one recluster of the current pack, committed; returns a summary line."""
+    from image_grouping.storage import SqlUnitOfWork, create_engine, ensure_schema
+
+    engine = create_engine(settings)
+    try:
+        await ensure_schema(engine)
+        async with SqlUnitOfWork(engine) as uow:
+            changes = await recluster_all(settings.model_pack, uow, settings, dry_run=settings.dry_run)
+            if not settings.dry_run:
+                await uow.commit()
+    finally:
+        await engine.dispose()
+    return changes.summary()
+
+
+def _groupable(faces: FaceSet) -> np.ndarray:
+    """Faces grouping may look at: all but those taken out of a person by hand (they stay unassigned)."""
+    return ~(faces.manual & (faces.person_ids < 0))
+
+
+def _take(faces: FaceSet, rows: np.ndarray) -> FaceSet:
+    return FaceSet(
+        face_ids=faces.face_ids[rows],
+        image_ids=faces.image_ids[rows],
+        embeddings=faces.embeddings[rows],
+        person_ids=faces.person_ids[rows],
+        manual=faces.manual[rows],
+        det_score=faces.det_score[rows],
+        size_px=faces.size_px[rows],
+        sharpness=faces.sharpness[rows],
+        yaw=faces.yaw[rows],
+    )
+
+
+def _grouping_input(
+    faces: FaceSet, persons: list[PersonRecord], cannot_links: list[tuple[int, int]], params: GroupingParams
+) -> GroupingInput:
+    """Hand-assigned faces and faces of named persons are anchored to their person; refusals by row."""
+    named = np.array([person.id for person in persons if person.name], np.int64)
+    anchored = (faces.person_ids >= 0) & (faces.manual | np.isin(faces.person_ids, named))
+    row_of = {face_id: row for row, face_id in enumerate(faces.face_ids.tolist())}
+    forbidden: dict[int, set[int]] = {}
+    for face_id, person_id in cannot_links:
+        if face_id in row_of:
+            forbidden.setdefault(row_of[face_id], set()).add(person_id)
+    return GroupingInput(
+        embeddings=faces.embeddings,
+        image_ids=faces.image_ids,
+        reliable=reliable_faces(faces.det_score, faces.size_px, faces.sharpness, faces.yaw, params),
+        anchors=np.where(anchored, faces.person_ids, -1),
+        pinned=faces.manual & (faces.person_ids >= 0),
+        forbidden={row: frozenset(persons) for row, persons in forbidden.items()},
+    )
+
+
+def _cover_face(faces: FaceSet, reliable: np.ndarray, members: np.ndarray) -> int:
+    """The member nearest the person's mean embedding, preferring reliable faces: a typical, clear face."""
+    preferred = members[reliable[members]] if reliable[members].any() else members
+    mean = faces.embeddings[members].sum(axis=0)
+    return int(faces.face_ids[preferred[np.argmax(faces.embeddings[preferred] @ mean)]])
+
+
+async def _tidy_persons(
+    uow: Any,
+    persons: list[PersonRecord],
+    changes: PersonChanges,
+    faces: FaceSet,
+    final: np.ndarray,
+    reliable: np.ndarray,
+) -> None:
+    """Delete unnamed persons left empty; give a new cover to persons whose cover face left them."""
+    by_id = {person.id: person for person in persons}
+    vanished = [source for source, _ in changes.merged] + changes.emptied
+    await uow.persons.delete([person for person in vanished if not by_id[person].name])
+    person_of_face = dict(zip(faces.face_ids.tolist(), final.tolist(), strict=True))
+    for person in persons:
+        if person.id in vanished or person.cover_face_id is None:
+            continue
+        if person_of_face.get(person.cover_face_id, person.id) != person.id:
+            members = np.flatnonzero(final == person.id)
+            await uow.persons.set_cover(
+                person.id, _cover_face(faces, reliable, members) if len(members) else None
+            )

@@ -1,0 +1,205 @@
+"""Pure grouping logic on small hand-made embeddings: each constraint, the linkage and the identity map.
+
+Fakes are fine here (pure logic); the real-photo checks live in test_grouping_lfw.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from image_grouping.grouping import (
+    NEW_PERSON,
+    GroupingInput,
+    GroupingParams,
+    group_faces,
+    map_groups_to_persons,
+    nearest_neighbours,
+)
+from image_grouping.grouping.incremental import assign_incrementally
+
+PARAMS = GroupingParams()
+
+
+def identities(
+    sizes: list[int], *, spread: float = 0.5, dim: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings scattered around one random centre per identity; labels 0..len(sizes)-1."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((len(sizes), dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    noise = rng.standard_normal((len(labels), dim)) / np.sqrt(dim)
+    embeddings = centres[labels] + spread * noise
+    return (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def faces_of(embeddings: np.ndarray, **overrides: object) -> GroupingInput:
+    count = len(embeddings)
+    values: dict[str, object] = {"image_ids": np.arange(count), "reliable": np.ones(count, bool)}
+    values.update(overrides)
+    return GroupingInput(embeddings=embeddings, **values)  # type: ignore[arg-type]
+
+
+def same_partition(found: np.ndarray, truth: np.ndarray) -> bool:
+    pairs_found = found[:, None] == found[None, :]
+    pairs_true = truth[:, None] == truth[None, :]
+    return bool((found >= 0).all() and (pairs_found == pairs_true).all())
+
+
+def test_separate_identities_become_separate_groups() -> None:
+    embeddings, truth = identities([6, 5, 4, 3])
+    assert same_partition(group_faces(faces_of(embeddings), PARAMS).labels, truth)
+
+
+def test_two_faces_of_one_photo_are_never_grouped() -> None:
+    embeddings, _ = identities([6])
+    image_ids = np.array([0, 1, 2, 3, 4, 0])  # the first and last face share a photo
+    labels = group_faces(faces_of(embeddings, image_ids=image_ids), PARAMS).labels
+    assert labels[0] != labels[5] or labels[0] < 0
+    assert labels[0] >= 0
+    assert (labels[1:5] == labels[0]).sum() >= 3  # the rest still groups
+
+
+def test_anchored_to_two_persons_never_merge() -> None:
+    embeddings, _ = identities([8])
+    anchors = np.array([7, 7, 7, 7, 9, 9, 9, 9])  # one look-alike cluster, named as two persons
+    labels = group_faces(faces_of(embeddings, anchors=anchors), PARAMS).labels
+    assert set(labels[:4]).isdisjoint(labels[4:])
+
+
+def test_cannot_link_keeps_a_face_out_of_the_refused_person() -> None:
+    embeddings, _ = identities([6])
+    anchors = np.array([5, 5, 5, -1, -1, -1])
+    forbidden = {4: frozenset({5})}
+    labels = group_faces(faces_of(embeddings, anchors=anchors, forbidden=forbidden), PARAMS).labels
+    assert labels[4] != labels[0]
+    assert labels[3] == labels[0]
+
+
+def test_hand_assigned_faces_stay_together_however_unlike() -> None:
+    embeddings, _ = identities([4, 4])
+    pinned = np.zeros(8, bool)
+    pinned[[0, 4]] = True  # the user put one face of each identity into person 3
+    anchors = np.where(pinned, 3, -1)
+    labels = group_faces(faces_of(embeddings, anchors=anchors, pinned=pinned), PARAMS).labels
+    assert labels[0] == labels[4] >= 0
+
+
+def test_unreliable_faces_alone_found_no_person() -> None:
+    embeddings, _ = identities([5, 5])
+    reliable = np.array([True] * 5 + [False] * 5)
+    labels = group_faces(faces_of(embeddings, reliable=reliable), PARAMS).labels
+    assert labels[0] >= 0
+    assert (labels[:5] == labels[0]).all()
+    assert (labels[5:] < 0).all()
+
+
+def test_average_linkage_does_not_chain_two_people_through_one_look_alike() -> None:
+    embeddings, _ = identities([10, 10], spread=0.4, seed=3)
+    # A face halfway between the two identities links to both.
+    bridge = embeddings[0] + embeddings[10]
+    embeddings = np.vstack([embeddings, bridge / np.linalg.norm(bridge)]).astype(np.float32)
+    labels = group_faces(faces_of(embeddings), PARAMS).labels
+    assert set(labels[:10]).isdisjoint(labels[10:20])
+
+
+def test_approximate_neighbours_find_nearly_all_exact_ones() -> None:
+    embeddings, _ = identities([20] * 300, spread=0.6, dim=128, seed=1)
+    exact = nearest_neighbours(embeddings, 10)
+    approximate = nearest_neighbours(embeddings, 10, exact_limit=100)
+    found = np.mean(
+        [len(set(a) & set(e)) / 10 for a, e in zip(approximate.indices, exact.indices, strict=True)]
+    )
+    assert found >= 0.95
+    assert not (approximate.indices == np.arange(len(embeddings))[:, None]).any()
+
+
+def test_recluster_keeps_the_person_with_the_largest_overlap() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, -1])
+    current = np.array([10, 10, 10, 11, 11, 11, -1, 10])
+    plan = map_groups_to_persons(
+        labels, current, np.zeros(8, bool), np.full(8, -1), {}, [10, 11, 12], min_faces=2
+    )
+    assert plan.person_ids.tolist() == [10, 10, 10, 10, 11, 11, 11, -1]
+    assert (plan.new_persons, plan.merged, plan.emptied) == ([], [], [])
+
+
+def test_recluster_reports_merges_new_and_emptied_persons() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, -1])
+    current = np.array([10, 10, 11, 11, -1, -1, 12])
+    plan = map_groups_to_persons(
+        labels, current, np.zeros(7, bool), np.full(7, -1), {}, [10, 11, 12], min_faces=2
+    )
+    assert plan.person_ids.tolist() == [10, 10, 10, 10, NEW_PERSON, NEW_PERSON, -1]
+    assert plan.merged == [(11, 10)]
+    assert plan.emptied == [12]
+
+
+def test_hand_assigned_face_decides_its_groups_person() -> None:
+    labels = np.array([0, 0, 0, 0])
+    current = np.array([10, 10, 10, 11])
+    pinned = np.array([False, False, False, True])
+    plan = map_groups_to_persons(labels, current, pinned, np.where(pinned, 11, -1), {}, [10, 11], min_faces=2)
+    assert plan.person_ids.tolist() == [11, 11, 11, 11]
+
+
+def test_refused_face_is_left_out_of_its_groups_person() -> None:
+    labels = np.array([0, 0, 0])
+    current = np.array([10, 10, -1])
+    plan = map_groups_to_persons(
+        labels, current, np.zeros(3, bool), np.full(3, -1), {2: frozenset({10})}, [10], min_faces=2
+    )
+    assert plan.person_ids.tolist() == [10, 10, -1]
+
+
+@pytest.mark.parametrize("votes_needed", [2, 3])
+def test_new_face_needs_several_close_neighbours_of_a_person(votes_needed: int) -> None:
+    embeddings, _ = identities([6, 1], seed=5)
+    person_ids = np.array([4, 4, 4, 4, 4, -1, -1])
+    params = GroupingParams(min_votes=votes_needed)
+    decision = assign_incrementally(faces_of(embeddings), person_ids, np.array([5, 6]), params)
+    assert decision.joined == {5: 4}
+    assert decision.founded == []
+
+
+def test_one_lucky_match_is_not_enough() -> None:
+    embeddings, _ = identities([4, 1], seed=2)
+    embeddings[4] = embeddings[0]  # as close as can be to one face of person 4, unlike the others
+    embeddings[1:4] = -embeddings[0]
+    person_ids = np.array([4, 4, 4, 4, -1])
+    decision = assign_incrementally(faces_of(embeddings), person_ids, np.array([4]), PARAMS)
+    assert decision.joined == {}
+
+
+def test_a_tight_group_of_waiting_faces_founds_a_person() -> None:
+    embeddings, _ = identities([4, 3], seed=4)
+    person_ids = np.array([1, 1, 1, 1, -1, -1, -1])
+    decision = assign_incrementally(faces_of(embeddings), person_ids, np.array([6]), PARAMS)
+    assert decision.joined == {}
+    assert [sorted(group.tolist()) for group in decision.founded] == [[4, 5, 6]]
+
+
+def test_scores_count_unassigned_faces_as_singletons() -> None:
+    from image_grouping.evaluation.grouping import clustering_scores
+
+    truth = np.array(["a", "a", "b", "b"])
+    perfect = clustering_scores(truth, np.array([0, 0, 1, 1]))
+    assert perfect["bcubed_f1"] == 1.0
+    assert perfect["pairwise_f1"] == 1.0
+    merged = clustering_scores(truth, np.array([0, 0, 0, 0]))
+    assert merged["bcubed_precision"] == 0.5
+    assert merged["bcubed_recall"] == 1.0
+    loose = clustering_scores(truth, np.array([0, 0, -1, -1]))
+    assert loose["bcubed_recall"] == 0.75
+    assert loose["assigned"] == 0.5
+    assert loose["persons"] == 1
+
+
+def test_immich_reference_founds_persons_from_core_faces() -> None:
+    from image_grouping.evaluation.grouping import immich_reference
+
+    embeddings, truth = identities([5, 5, 1], spread=0.3, seed=6)
+    labels = immich_reference(embeddings)
+    assert same_partition(labels[:10], truth[:10])
+    assert labels[10] == -1  # a lone face is never a core face and has nobody near
