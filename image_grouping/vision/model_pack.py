@@ -124,11 +124,11 @@ def load_bundled_pack(name: str, settings: Settings, folder: Path = BUNDLED_MODE
 
 
 def load_folder_pack(folder: Path, settings: Settings) -> LoadedPack:
-    """Any SCRFD + ArcFace pack (buffalo_l, antelopev2, ...); its id is the folder name."""
+    """Any SCRFD + ArcFace pack (buffalo_l, antelopev2, ...); its id is MODEL_PACK (default: the folder)."""
     paths = sorted(folder.glob("*.onnx"))
     if not paths:
         raise ModelPackError(f"MODEL_DIR {folder} holds no .onnx files")
-    return _load_pair(folder.name, paths, settings)
+    return _load_pair(settings.model_pack, paths, settings)
 
 
 def load_model_pack(settings: Settings) -> LoadedPack:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from image_grouping.config import Settings
+from image_grouping.config import Settings, load_settings
 from image_grouping.vision import FaceAnalyzer, ModelPackError
 from image_grouping.vision.model_pack import (
     BUNDLED_MODEL_FOLDER,
@@ -55,13 +55,14 @@ def test_model_dir_pack_is_found_by_its_contents(
     (pack_copy / "w600k_mbf.onnx").rename(pack_copy / "a.onnx")
     data = (eval_dir / "groups" / "face_recognition__two_people.jpg").read_bytes()
 
-    other = FaceAnalyzer.from_settings(settings.model_copy(update={"model_dir": pack_copy}))
+    other = FaceAnalyzer.from_settings(load_settings(intra_op_threads=1, model_dir=pack_copy))
     try:
         analysis = other.analyze(data)
     finally:
         other.close()
 
-    assert analysis.model_pack == "my_pack"
+    # The pack id, which grouping uses too, is the folder's name unless MODEL_PACK says otherwise.
+    assert analysis.model_pack == other.settings.model_pack == "my_pack"
     reference = analyzer.analyze(data)
     assert len(analysis.faces) == len(reference.faces) == 2
     for face, same in zip(analysis.faces, reference.faces, strict=True):
