@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from image_grouping.config import SettingsError, load_settings
+from image_grouping.config import Settings, SettingsError, load_settings
 
 app = typer.Typer(
     name="image-grouping",
@@ -32,12 +32,19 @@ DatabaseUrl = Annotated[
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 
 
-def _settings(**overrides: object):
+def _settings(*, configure_logging: bool = True, **overrides: object) -> Settings:
+    """The settings with the command line's overrides; logs then go to stderr (and the log files), so
+    stdout carries only a command's result (a path, a summary, JSON)."""
     try:
-        return load_settings(**{key: value for key, value in overrides.items() if value is not None})
+        settings = load_settings(**{key: value for key, value in overrides.items() if value is not None})
     except SettingsError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
+    if configure_logging:
+        from image_grouping.observability import configure_logging as configure
+
+        configure(settings)
+    return settings
 
 
 @app.command()
@@ -95,6 +102,8 @@ def migrate(
     from image_grouping.storage.migrations import upgrade_database
 
     upgrade_database(settings, sql_only=dry_run)
+    if not dry_run:
+        typer.echo("database schema is up to date")
 
 
 @app.command()
@@ -113,7 +122,7 @@ def report(
 @app.command()
 def healthcheck() -> None:
     """Exit 0 when the service's liveness file is fresh, 1 otherwise (for Docker's HEALTHCHECK)."""
-    settings = _settings()
+    settings = _settings(configure_logging=False)  # a probe: it writes no log files
     from image_grouping.consumer.liveness import check_liveness
 
     healthy, reason = check_liveness(settings.liveness_file, settings.liveness_max_age_seconds)
