@@ -93,6 +93,36 @@ def recluster(db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
 
 
 @app.command()
+def repack(
+    db: DatabaseUrl = None,
+    from_pack: Annotated[
+        str | None,
+        typer.Option("--from-pack", help="Only images analysed by this pack (default: any other pack)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N images this run.")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Analyse and match faces, write nothing (no recluster).")
+    ] = False,
+) -> None:
+    """After switching MODEL_PACK / MODEL_DIR: analyse the stored images again with the current pack and
+    carry each face's person, manual choice and cannot-links over to the new face at the same place;
+    names and hidden persons stay. Old faces are kept (switching back is another repack). Images already
+    done are skipped, so it can be stopped and run again. Then regroups the current pack's faces."""
+    settings = _settings(database_url=db, dry_run=dry_run or None)
+    if from_pack == settings.model_pack:
+        typer.echo(f"--from-pack {from_pack} is the current model pack: nothing to do", err=True)
+        raise typer.Exit(2)
+    from image_grouping.handlers.repack import repack as repack_images
+
+    summary = asyncio.run(repack_images(settings, from_pack=from_pack, dry_run=settings.dry_run, limit=limit))
+    typer.echo(str(summary))
+    if summary.repacked and not settings.dry_run:
+        from image_grouping.handlers.recognition import run_full_recluster
+
+        typer.echo(asyncio.run(run_full_recluster(settings)))
+
+
+@app.command()
 def migrate(
     db: DatabaseUrl = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the SQL, change nothing.")] = False,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import structlog
-from sqlalchemy import Row, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -111,6 +111,13 @@ def _face_values(face: DetectedFace, index: int, thumbnail_path: str | None) -> 
     }
 
 
+def _analysed_by_other_pack(model_pack: str, from_pack: str | None) -> ColumnElement[bool]:
+    other = images.c.model_pack != model_pack
+    if from_pack is not None:
+        other = and_(other, images.c.model_pack == from_pack)
+    return and_(images.c.status == "done", other)
+
+
 class ImageRepository:
     def __init__(self, connection: AsyncConnection) -> None:
         self._connection = connection
@@ -183,6 +190,21 @@ class ImageRepository:
         """Registered images without a result yet, oldest first (MODE=oneshot works through these)."""
         query = select(images).where(images.c.status == "pending").order_by(images.c.id).limit(limit)
         return [_image(row) for row in await self._connection.execute(query)]
+
+    async def analysed_by_other_pack(
+        self, model_pack: str, from_pack: str | None, after_id: int, limit: int
+    ) -> list[ImageRecord]:
+        """Images whose result is another pack's (or `from_pack`'s), id above `after_id`, oldest first.
+
+        An image's row names the pack of its latest result, so once re-analysed it drops out of this list.
+        """
+        query = select(images).where(_analysed_by_other_pack(model_pack, from_pack), images.c.id > after_id)
+        rows = await self._connection.execute(query.order_by(images.c.id).limit(limit))
+        return [_image(row) for row in rows]
+
+    async def count_analysed_by_other_pack(self, model_pack: str, from_pack: str | None) -> int:
+        query = select(func.count()).select_from(images).where(_analysed_by_other_pack(model_pack, from_pack))
+        return int((await self._connection.execute(query)).scalar_one())
 
     async def mark_failed(
         self, image_id: int, reason: str, content_hash: str | None = None, model_pack: str | None = None
@@ -366,6 +388,77 @@ class FaceRepository:
                 changes,
             )
         return len(changes)
+
+    async def boxes_of_image(self, image_id: int, model_pack: str) -> tuple[list[int], np.ndarray]:
+        """The ids and (n, 4) boxes of one image's faces found by one pack, in analysis order."""
+        rows = (
+            await self._connection.execute(
+                select(faces.c.id, faces.c.box_x1, faces.c.box_y1, faces.c.box_x2, faces.c.box_y2)
+                .where(faces.c.image_id == image_id, faces.c.model_pack == model_pack)
+                .order_by(faces.c.face_index)
+            )
+        ).all()
+        return [row.id for row in rows], np.array([row[1:] for row in rows], np.float64).reshape(-1, 4)
+
+    async def carry_over(self, old_to_new: Mapping[int, int]) -> tuple[int, int]:
+        """Give each new face ({old face id: new face id}, the new one of another pack) what its old face
+        had: its person, set the same way (by hand or by grouping), its cannot-links, and the persons it
+        is the cover of.
+
+        Persons are shared by the packs, so their names and hidden flags need no copy. Returns how many
+        faces got a person or a manual choice, and how many cannot-links were added.
+        """
+        pairs = {int(old): int(new) for old, new in old_to_new.items()}
+        now = _now()
+        carried, links = 0, []
+        for chunk in _chunks(sorted(pairs)):
+            rows = await self._connection.execute(
+                select(faces.c.id, faces.c.person_id, faces.c.assigned_by).where(faces.c.id.in_(chunk))
+            )
+            # bind names must differ from column names in an UPDATE's SET clause
+            updates = [
+                {"face_id": pairs[row.id], "person": row.person_id, "how": row.assigned_by, "now": now}
+                for row in rows
+            ]
+            carried += sum(1 for row in updates if row["person"] is not None or row["how"] == BY_HAND)
+            if updates:
+                await self._connection.execute(
+                    update(faces)
+                    .where(faces.c.id == bindparam("face_id"))
+                    .values(
+                        person_id=bindparam("person"),
+                        assigned_by=bindparam("how"),
+                        updated_at=bindparam("now"),
+                    ),
+                    updates,
+                )
+            refused = await self._connection.execute(
+                select(cannot_links.c.face_id, cannot_links.c.person_id).where(
+                    cannot_links.c.face_id.in_(chunk)
+                )
+            )
+            links += [(pairs[row.face_id], row.person_id) for row in refused]
+            await self._connection.execute(
+                update(persons)
+                .where(persons.c.cover_face_id == bindparam("old_face"))
+                .values(cover_face_id=bindparam("new_face")),
+                [{"old_face": old, "new_face": pairs[old]} for old in chunk],
+            )
+        known: set[tuple[int, int]] = set()
+        for chunk in _chunks(sorted({face_id for face_id, _ in links})):
+            rows = await self._connection.execute(
+                select(cannot_links.c.face_id, cannot_links.c.person_id).where(
+                    cannot_links.c.face_id.in_(chunk)
+                )
+            )
+            known.update((row.face_id, row.person_id) for row in rows)
+        added = [
+            {"face_id": face_id, "person_id": person_id, "created_at": now}
+            for face_id, person_id in sorted(set(links) - known)
+        ]
+        if added:
+            await self._connection.execute(insert(cannot_links), added)
+        return carried, len(added)
 
     async def cannot_links(self) -> list[tuple[int, int]]:
         """(face id, person id) pairs set by hand: that face is not that person."""
