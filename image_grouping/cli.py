@@ -128,7 +128,7 @@ def migrate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the SQL, change nothing.")] = False,
 ) -> None:
     """Create or upgrade the database schema to the latest revision."""
-    settings = _settings(database_url=db)
+    settings = _settings(database_url=db, dry_run=dry_run or None)
     from image_grouping.storage.migrations import upgrade_database
 
     upgrade_database(settings, sql_only=dry_run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,12 @@ def eval_dir() -> Path:
     return EVAL_DIR
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end (async SQLAlchemy URL)."""
+@contextmanager
+def temporary_postgres_database(prefix: str) -> Iterator[str]:
+    """Create an empty PostgreSQL database, yield its async SQLAlchemy URL, drop it afterwards."""
     import psycopg2
 
-    name = f"test_ig_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(POSTGRES_ADMIN_DSN)
     admin.autocommit = True
     with admin.cursor() as cursor:
@@ -38,6 +39,20 @@ def postgres_url() -> Iterator[str]:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database shared by this test session."""
+    with temporary_postgres_database("test_ig") as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """An empty PostgreSQL database for one test (migrations start from nothing)."""
+    with temporary_postgres_database("test_ig_mig") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

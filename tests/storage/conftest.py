@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import delete
@@ -53,21 +52,3 @@ async def uow_factory(engine: AsyncEngine) -> Callable[[], SqlUnitOfWork]:
         for table in (cannot_links, faces, persons, images, recluster_runs):
             await connection.execute(delete(table))
     return lambda: SqlUnitOfWork(engine)
-
-
-@pytest.fixture
-def fresh_postgres_url() -> Iterator[str]:
-    """An empty PostgreSQL database for one test (migrations start from nothing)."""
-    import psycopg2
-
-    name = f"test_ig_mig_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(POSTGRES_ADMIN_DSN)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
