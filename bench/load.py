@@ -1,0 +1,172 @@
+"""Sustained throughput and latency of the detection service on real photos, against the bare pipeline.
+
+    .venv/bin/python bench/load.py --count 2000 --workers 1,2
+
+For each worker count W, in one run:
+- reference: the bare `FaceAnalyzer` (read bytes, analyse) over the same images in W processes,
+  half before and half after the service run;
+- service: W `image-grouping consume` processes on the real RabbitMQ and PostgreSQL; all uploads are
+  published at once and throughput is uploads / (last faces.detected - first publish);
+- latency, publish to faces.detected: under that backlog, and paced at 70% of the measured throughput;
+- the peak resident memory (VmHWM) of each worker process.
+It prints the figures and the ratio service / bare (target >= 0.90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from service_harness import Bus, Harness, cycled, detection_photos, percentile
+
+from image_grouping.config import load_settings
+
+
+def _bare_worker(paths: list[Path], ready: multiprocessing.Queue, start: multiprocessing.Event) -> None:
+    from image_grouping.vision import FaceAnalyzer
+
+    analyzer = FaceAnalyzer.from_settings(load_settings())
+    analyzer.analyze(paths[0].read_bytes())  # warm-up: first-run allocations are not throughput
+    ready.put(("ready", 0.0))
+    start.wait()
+    started = time.perf_counter()
+    for path in paths:
+        analyzer.analyze(path.read_bytes())
+    ready.put(("done", time.perf_counter() - started))
+
+
+def bare_seconds(paths: list[Path], processes: int) -> float:
+    """Seconds the bare pipeline takes over `paths`, split between `processes` processes."""
+    context = multiprocessing.get_context("spawn")
+    messages, start = context.Queue(), context.Event()
+    workers = [
+        context.Process(target=_bare_worker, args=(paths[index::processes], messages, start))
+        for index in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for _ in workers:
+        assert messages.get(timeout=300)[0] == "ready"
+    start.set()
+    elapsed = max(messages.get(timeout=3600)[1] for _ in workers)
+    for worker in workers:
+        worker.join()
+    return elapsed
+
+
+async def wait_all_detected(bus: Bus, image_ids: list[str], within: float) -> None:
+    deadline = time.monotonic() + within
+    while any(image_id not in bus.detected for image_id in image_ids):
+        if time.monotonic() > deadline:
+            missing = sum(image_id not in bus.detected for image_id in image_ids)
+            raise TimeoutError(f"{missing} uploads not announced after {within}s")
+        await asyncio.sleep(0.05)
+
+
+def latencies(bus: Bus, image_ids: list[str]) -> list[float]:
+    return [bus.detected[image_id][0][0] - bus.published_at[image_id] for image_id in image_ids]
+
+
+async def service_run(photos: list[Path], count: int, workers: int, paced_count: int) -> dict[str, float]:
+    harness = Harness()
+    try:
+        uploads = [
+            (f"load-{index}", harness.add_image(photo, f"{index:06d}_{photo.name}"))
+            for index, photo in cycled(photos, count + paced_count)
+        ]
+        for index in range(workers):
+            harness.start_worker(index)
+        for index in range(workers):
+            harness.wait_ready(index)
+        bus = Bus(harness)
+        await bus.connect()
+
+        backlog = uploads[:count]
+        for image_id, path in backlog:
+            await bus.upload(image_id, path)
+        await wait_all_detected(bus, [image_id for image_id, _ in backlog], within=3600)
+        ids = [image_id for image_id, _ in backlog]
+        first_publish = min(bus.published_at[image_id] for image_id in ids)
+        last_detected = max(bus.detected[image_id][0][0] for image_id in ids)
+        throughput = count / (last_detected - first_publish)
+        backlog_latency = latencies(bus, ids)
+
+        paced = uploads[count:]
+        interval = 1 / (0.7 * throughput)
+        next_at = time.monotonic()
+        for image_id, path in paced:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            await bus.upload(image_id, path)
+            next_at += interval
+        await wait_all_detected(bus, [image_id for image_id, _ in paced], within=600)
+        paced_latency = latencies(bus, [image_id for image_id, _ in paced])
+
+        peak_rss = [harness.peak_rss_mib(index) for index in range(workers)]
+        harness.stop_workers()  # before the queues go, or their robust channels declare them again
+        await bus.delete_topology()
+        return {
+            "throughput": throughput,
+            "backlog_p50": percentile(backlog_latency, 0.50),
+            "backlog_p95": percentile(backlog_latency, 0.95),
+            "backlog_p99": percentile(backlog_latency, 0.99),
+            "paced_rate": 0.7 * throughput,
+            "paced_p50": percentile(paced_latency, 0.50),
+            "paced_p95": percentile(paced_latency, 0.95),
+            "paced_p99": percentile(paced_latency, 0.99),
+            "peak_rss_mib_max": max(peak_rss),
+            "peak_rss_mib_total": sum(peak_rss),
+        }
+    finally:
+        harness.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=2000, help="uploads in the throughput phase")
+    parser.add_argument("--workers", default="1,2", help="worker process counts to measure, e.g. 1,2")
+    parser.add_argument("--paced-count", type=int, default=200, help="uploads in the paced latency phase")
+    arguments = parser.parse_args()
+
+    photos = detection_photos()
+    paths = [photo for _, photo in cycled(photos, arguments.count)]
+    print(f"{arguments.count} uploads of {min(len(photos), arguments.count)} distinct detection photos")
+    for workers in (int(value) for value in arguments.workers.split(",")):
+        # Half the reference before the service and half after, so drifting load on the machine
+        # weighs on both sides alike.
+        half = len(paths) // 2
+        before = bare_seconds(paths[:half], workers)
+        result = asyncio.run(service_run(photos, arguments.count, workers, arguments.paced_count))
+        after = bare_seconds(paths[half:], workers)
+        bare = len(paths) / (before + after)
+        print(f"\n== {workers} worker process(es) ==")
+        print(
+            f"bare pipeline      {bare:8.2f} images/s  "
+            f"(first half {half / before:.2f}/s before the service, "
+            f"second half {(len(paths) - half) / after:.2f}/s after)"
+        )
+        print(f"service            {result['throughput']:8.2f} images/s")
+        print(f"ratio service/bare {result['throughput'] / bare:8.3f}  (target >= 0.90)")
+        print(
+            "latency, backlog of {count}: p50 {backlog_p50:.2f}s  p95 {backlog_p95:.2f}s  "
+            "p99 {backlog_p99:.2f}s".format(count=arguments.count, **result)
+        )
+        print(
+            "latency, paced at {paced_rate:.1f}/s: p50 {paced_p50:.3f}s  p95 {paced_p95:.3f}s  "
+            "p99 {paced_p99:.3f}s".format(**result)
+        )
+        print(
+            "peak memory: per worker {peak_rss_mib_max:.0f} MiB, "
+            "all workers {peak_rss_mib_total:.0f} MiB".format(**result)
+        )
+
+
+if __name__ == "__main__":
+    main()

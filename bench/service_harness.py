@@ -1,0 +1,221 @@
+"""What bench/load.py and bench/faults.py share: a throw-away PostgreSQL database and broker names,
+worker processes of the real service (`image-grouping consume`), and a bus that publishes uploads and
+records when each `faces.detected` arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import psycopg2
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from image_grouping.models.messages import ImageUploaded, new_event
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EVAL_DIR = Path(os.environ.get("EVAL_DIR", REPO_ROOT.parent / "shared" / "eval"))
+POSTGRES_ADMIN_DSN = os.environ.get("POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+DB_PREFIX = "//fileserver/photos"
+
+
+def detection_photos() -> list[Path]:
+    return sorted((EVAL_DIR / "detection" / "images").rglob("*.jpg"))
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
+
+
+@dataclass
+class Harness:
+    """One run's database, broker names, images root and worker processes; `close()` removes them."""
+
+    run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ig-bench-")))
+    workers: dict[int, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.database = f"bench_{self.run}"
+        admin = psycopg2.connect(POSTGRES_ADMIN_DSN)
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{self.database}"')
+        admin.close()
+        self.images_root = self.work / "images"
+        self.images_root.mkdir()
+        self.environment = os.environ | {
+            "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.database}",
+            "RABBITMQ_URL": RABBITMQ_URL,
+            "EXCHANGE_NAME": f"bench-{self.run}",
+            "UPLOAD_QUEUE": f"bench-{self.run}.image-uploaded",
+            "RECLUSTER_QUEUE": f"bench-{self.run}.recluster",
+            "DEAD_LETTER_EXCHANGE": f"bench-{self.run}.dlx",
+            "DEAD_LETTER_QUEUE": f"bench-{self.run}.dead-letter",
+            "DB_PREFIX": DB_PREFIX,
+            "CONTAINER_IMAGES_ROOT": str(self.images_root),
+            "SYSTEM_STORAGE": str(self.work),
+            "THUMBNAIL_SAVE_PATH": str(self.work / "thumbnails"),
+            "LOG_ROOT": str(self.work / "logs"),
+            "SERVICE": "detection",
+            "MODE": "loop",
+            "LOG_FORMAT": "json",
+            "LIVENESS_INTERVAL_SECONDS": "1",
+        }
+        self.observer_queue = f"bench-{self.run}.observer"
+
+    @property
+    def async_database_url(self) -> str:
+        return self.environment["DATABASE_URL"]
+
+    def add_image(self, source: Path, name: str) -> str:
+        """Place `source` under the images root as `name` (a hard link where possible); its stored path."""
+        target = self.images_root / name[:2] / name
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+        return f"{DB_PREFIX}/{name[:2]}/{name}"
+
+    def add_bytes(self, name: str, data: bytes) -> str:
+        """A file of these bytes under the images root; its stored path."""
+        target = self.images_root / "bytes" / name
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(data)
+        return f"{DB_PREFIX}/bytes/{name}"
+
+    def add_missing(self, name: str) -> str:
+        """The stored path of a file that does not exist."""
+        return f"{DB_PREFIX}/missing/{name}.jpg"
+
+    def start_worker(self, index: int) -> subprocess.Popen:
+        environment = self.environment | {"LIVENESS_FILE": str(self.liveness_file(index))}
+        log = (self.work / f"worker-{index}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "image_grouping.cli", "consume"],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+        self.workers[index] = process
+        return process
+
+    def liveness_file(self, index: int) -> Path:
+        return self.work / f"alive-{index}"
+
+    def wait_ready(self, index: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.liveness_file(index).exists():
+            if self.workers[index].poll() is not None:
+                raise RuntimeError(f"worker {index} exited: see {self.work}/worker-{index}.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker {index} not ready after {timeout}s")
+            time.sleep(0.2)
+
+    def stop_workers(self, timeout: float = 60) -> None:
+        for process in self.workers.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.workers.values():
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def peak_rss_mib(self, index: int) -> float:
+        """The worker's peak resident memory (VmHWM), read while it still runs."""
+        status = Path(f"/proc/{self.workers[index].pid}/status").read_text()
+        line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+    def close(self) -> None:
+        self.stop_workers()
+        admin = psycopg2.connect(POSTGRES_ADMIN_DSN)
+        admin.autocommit = True
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        admin.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@dataclass
+class Bus:
+    """Publishes uploads with confirms and records each `faces.detected` (on a durable queue, so the
+    record survives a broker restart)."""
+
+    harness: Harness
+    published_at: dict[str, float] = field(default_factory=dict)
+    detected: dict[str, list[tuple[float, dict]]] = field(default_factory=dict)
+
+    async def connect(self) -> None:
+        environment = self.harness.environment
+        self.connection: AbstractRobustConnection = await aio_pika.connect_robust(RABBITMQ_URL)
+        self.channel = await self.connection.channel(publisher_confirms=True)
+        self.exchange = await self.channel.declare_exchange(
+            environment["EXCHANGE_NAME"], aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        observer = await self.channel.declare_queue(
+            self.harness.observer_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await observer.bind(self.exchange, "faces.detected")
+        await observer.consume(self._on_detected)
+
+    async def _on_detected(self, message: AbstractIncomingMessage) -> None:
+        data = json.loads(message.body)["data"]
+        self.detected.setdefault(data["image_id"], []).append((time.time(), data))
+        await message.ack()
+
+    async def upload(self, image_id: str, path: str) -> None:
+        await self.publish_raw(new_event(ImageUploaded(image_id=image_id, path=path)).to_json(), image_id)
+
+    async def publish_raw(self, body: bytes, key: str) -> None:
+        message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=key)
+        self.published_at[key] = time.time()
+        delay = 0.2
+        while True:  # the broker may be restarting (faults bench)
+            try:
+                await self.exchange.publish(message, "image.uploaded", timeout=15)
+                return
+            except Exception as error:
+                print(f"  publish retry: {error!r}", file=sys.stderr)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+
+    async def queue_depth(self, name: str) -> int:
+        channel = await self.connection.channel()
+        try:
+            declared = await channel.declare_queue(name, passive=True)
+            return declared.declaration_result.message_count
+        finally:
+            await channel.close()
+
+    async def delete_topology(self) -> None:
+        environment = self.harness.environment
+        await self.channel.close()  # stop observing before the observer queue goes
+        channel = await self.connection.channel()
+        for queue in ("UPLOAD_QUEUE", "RECLUSTER_QUEUE", "DEAD_LETTER_QUEUE"):
+            await channel.queue_delete(environment[queue])
+        await channel.queue_delete(self.harness.observer_queue)
+        for exchange in ("EXCHANGE_NAME", "DEAD_LETTER_EXCHANGE"):
+            await channel.exchange_delete(environment[exchange])
+        await channel.close()
+        await self.connection.close()
+
+
+def cycled(photos: list[Path], count: int) -> Iterator[tuple[int, Path]]:
+    for index in range(count):
+        yield index, photos[index % len(photos)]

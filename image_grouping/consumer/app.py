@@ -1,0 +1,196 @@
+"""`image-grouping consume`: the service's entry point.
+
+MODE=loop consumes RabbitMQ until SIGTERM (and asks for a recluster every INTERVAL_SECONDS);
+MODE=oneshot processes the images of the database that have no result yet, regroups, and exits.
+SERVICE picks detection, recognition or both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.exceptions import AMQPError
+
+from image_grouping.bootstrap import Adapters, bootstrap
+from image_grouping.config import Settings
+from image_grouping.consumer.liveness import keep_alive
+from image_grouping.consumer.publisher import BrokerPublisher, DryRunPublisher, Publisher
+from image_grouping.consumer.routes import detection_route, recognition_route
+from image_grouping.consumer.topology import declare_topology
+from image_grouping.consumer.worker import Route, Worker
+from image_grouping.errors import BadInputError
+from image_grouping.handlers.detection import handle_image_uploaded
+from image_grouping.models.messages import ImageUploaded, ReclusterRequested, new_event
+from image_grouping.observability import DETECTION, RECOGNITION, configure_logging, start_metrics_server
+
+log = structlog.get_logger(__name__)
+
+PENDING_BATCH = 100
+T = TypeVar("T")
+
+
+async def run_service(settings: Settings) -> int:
+    """Run until done (oneshot) or until SIGTERM/SIGINT (loop); returns the process exit code."""
+    configure_logging(settings)
+    start_metrics_server(settings.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("starting", service=settings.service, mode=settings.mode, dry_run=settings.dry_run)
+    adapters = await _until_stopped(bootstrap(settings), stop)
+    if adapters is None:
+        return 0
+    try:
+        if settings.mode == "oneshot":
+            return await run_oneshot(adapters)
+        return await run_loop(adapters, stop)
+    finally:
+        await adapters.close()
+
+
+async def run_loop(adapters: Adapters, stop: asyncio.Event) -> int:
+    """Consume until `stop` is set, then drain within the grace period."""
+    settings = adapters.settings
+    connection = await _until_stopped(_connect(settings), stop)
+    if connection is None:
+        return 0
+    try:
+        publish_channel = await connection.channel(publisher_confirms=True)
+        consume_channel = await connection.channel()
+        await consume_channel.set_qos(prefetch_count=settings.prefetch_count)
+        topology = await declare_topology(consume_channel, settings)
+        exchange = await publish_channel.get_exchange(settings.exchange_name)
+        dead_letter_exchange = await publish_channel.get_exchange(settings.dead_letter_exchange)
+        publisher: Publisher = (
+            DryRunPublisher() if settings.dry_run else BrokerPublisher(exchange, dead_letter_exchange)
+        )
+
+        routes: list[Route] = []
+        if settings.service in (DETECTION, "both"):
+            routes.append(detection_route(topology.upload_queue, adapters))
+        if settings.service in (RECOGNITION, "both"):
+            routes.append(recognition_route(topology.recluster_queue, adapters))
+        worker = Worker(
+            routes,
+            publisher,
+            adapters.probe_database,
+            dry_run=settings.dry_run,
+        )
+        background = [
+            asyncio.create_task(
+                keep_alive(
+                    settings.liveness_file,
+                    settings.liveness_interval_seconds,
+                    lambda: _connected(connection),
+                )
+            )
+        ]
+        if settings.service in (RECOGNITION, "both") and settings.recluster_requested:
+            background.append(asyncio.create_task(_request_reclusters(publisher, settings)))
+
+        await worker.start()
+        await stop.wait()
+        log.info("stop requested")
+        await worker.drain(settings.shutdown_grace_seconds)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+    finally:
+        await connection.close()
+    log.info("stopped")
+    return 0
+
+
+async def run_oneshot(adapters: Adapters) -> int:
+    """Analyse every image of the database without a result, then regroup; 0 when all went through."""
+    settings = adapters.settings
+    face_ids: list[int] = []
+    failed = 0
+    if settings.service in (DETECTION, "both"):
+        deps = adapters.detection_deps()
+        seen: set[int] = set()  # a dry run writes nothing, so the same images stay pending
+        while True:
+            async with adapters.unit_of_work() as uow:
+                batch = [image for image in await uow.images.pending(PENDING_BATCH) if image.id not in seen]
+            if not batch:
+                break
+            for image in batch:
+                seen.add(image.id)
+                event = ImageUploaded(image_id=image.source_id or str(image.id), path=image.source_path)
+                with structlog.contextvars.bound_contextvars(service=DETECTION, image_id=event.image_id):
+                    try:
+                        for detected in await handle_image_uploaded(event, deps):
+                            face_ids.extend(detected.face_ids)
+                    except BadInputError as error:
+                        failed += 1
+                        log.warning("bad input", reason=error.reason, detail=str(error))
+        log.info("pending images processed", images=len(seen), failed=failed, faces=len(face_ids))
+
+    if settings.service in (RECOGNITION, "both"):
+        with structlog.contextvars.bound_contextvars(service=RECOGNITION):
+            from image_grouping.handlers.recognition import assign_new_faces, recluster_all
+
+            async with adapters.unit_of_work() as uow:
+                if settings.recluster_requested:
+                    changes = await recluster_all(
+                        settings.model_pack, uow, settings, dry_run=settings.dry_run
+                    )
+                elif face_ids:
+                    changes = await assign_new_faces(face_ids, settings.model_pack, uow, settings)
+                else:
+                    changes = None
+                if not settings.dry_run:
+                    await uow.commit()
+            log.info("grouping done", changes=changes.to_event_data() if changes else None)
+    return 0
+
+
+async def _request_reclusters(publisher: Publisher, settings: Settings) -> None:
+    """Every INTERVAL_SECONDS ask for a recluster; the recluster queue's single active consumer runs it."""
+    while True:
+        await asyncio.sleep(settings.interval_seconds)
+        await publisher.publish(
+            new_event(ReclusterRequested(model_pack=settings.model_pack, reason="interval"))
+        )
+        log.info("recluster requested", interval_seconds=settings.interval_seconds)
+
+
+async def _connect(settings: Settings) -> AbstractRobustConnection:
+    """A robust connection (it reconnects by itself once made); the first one is retried here."""
+    delay = 0.5
+    while True:
+        try:
+            return await aio_pika.connect_robust(
+                settings.rabbitmq_url.get_secret_value(),
+                client_properties={"connection_name": f"image-grouping {settings.service}"},
+            )
+        except (ConnectionError, OSError, AMQPError) as error:
+            log.warning("broker unreachable at start, retrying", error=repr(error), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def _connected(connection: AbstractRobustConnection) -> bool:
+    return not connection.is_closed and connection.connected.is_set()
+
+
+async def _until_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T | None:
+    """`work`'s result, or None if `stop` is set first (SIGTERM while waiting for the database)."""
+    work_task = asyncio.create_task(work)
+    stop_task = asyncio.create_task(stop.wait())
+    await asyncio.wait({work_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    stop_task.cancel()
+    if work_task.done():
+        return work_task.result()
+    work_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await work_task
+    return None

@@ -1,0 +1,144 @@
+"""The messages on the bus: a small CloudEvents envelope around one pydantic model per event type.
+
+Every message is JSON: the CloudEvents 1.0 attributes `specversion`, `id`, `type`, `source`, `time`,
+`datacontenttype`, the extension attribute `dataversion` (the version of `data`'s schema) and `data`.
+The event type is also the routing key. docs/asyncapi.yaml documents each message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from image_grouping.errors import InvalidMessageError
+
+SPEC_VERSION = "1.0"
+DATA_VERSION = 1
+SOURCE = "urn:image-grouping"
+
+
+class UnsupportedVersionError(InvalidMessageError):
+    """The envelope or its data has a schema version this service does not speak."""
+
+    reason = "unsupported_schema_version"
+
+
+class EventData(BaseModel):
+    """The payload of one event type; `event_type` is both the CloudEvents type and the routing key."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", coerce_numbers_to_str=True)
+    event_type: ClassVar[str]
+
+
+class ImageUploaded(EventData):
+    """The uploader stored an image: find its faces."""
+
+    event_type: ClassVar[str] = "image.uploaded"
+    image_id: str = Field(min_length=1, max_length=255, description="The uploader's id of the image.")
+    path: str = Field(min_length=1, max_length=2000, description="Path as stored, starting with DB_PREFIX.")
+
+
+class FacesDetected(EventData):
+    """An image's faces are committed; grouping may assign them to persons."""
+
+    event_type: ClassVar[str] = "faces.detected"
+    image_id: str = Field(description="The uploader's id of the image.")
+    face_ids: list[int] = Field(description="Ids of the committed faces, in detection order.")
+    face_count: int = Field(ge=0)
+    model_pack: str = Field(description="The pack whose embeddings were stored, e.g. buffalo_sc.")
+
+
+class ReclusterRequested(EventData):
+    """Regroup all faces of a model pack (periodic or manual); one consumer at a time runs it."""
+
+    event_type: ClassVar[str] = "recluster.requested"
+    model_pack: str | None = Field(default=None, description="Default: the service's MODEL_PACK.")
+    reason: str = Field(default="manual", description="Why: interval, manual, oneshot.")
+
+
+class PersonsUpdated(EventData):
+    """Persons were created, changed or merged by grouping; `changes` is the grouping's own summary."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    event_type: ClassVar[str] = "persons.updated"
+    model_pack: str
+    changes: dict[str, Any] = Field(default_factory=dict)
+
+
+EVENT_TYPES: dict[str, type[EventData]] = {
+    data_type.event_type: data_type
+    for data_type in (ImageUploaded, FacesDetected, ReclusterRequested, PersonsUpdated)
+}
+
+DataT = TypeVar("DataT", bound=EventData)
+
+
+class Envelope(BaseModel, Generic[DataT]):
+    """CloudEvents 1.0 attributes around the data."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    specversion: str
+    id: str = Field(min_length=1, max_length=255)
+    type: str
+    source: str = Field(min_length=1)
+    time: datetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataversion: int = DATA_VERSION
+    data: DataT
+
+    @property
+    def routing_key(self) -> str:
+        return self.type
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+def new_event(data: DataT, *, source: str = SOURCE) -> Envelope[DataT]:
+    return Envelope[type(data)](  # type: ignore[misc]
+        specversion=SPEC_VERSION,
+        id=str(uuid.uuid4()),
+        type=data.event_type,
+        source=source,
+        time=datetime.now(UTC),
+        data=data,
+    )
+
+
+def parse_event(body: bytes, *data_types: type[EventData]) -> Envelope[Any]:
+    """Validate a message body as an event of one of `data_types`; anything else is an InvalidMessageError."""
+    try:
+        header = _Header.model_validate_json(body)
+    except ValidationError as error:
+        raise InvalidMessageError(f"not a CloudEvents message: {_first_problem(error)}") from None
+    if header.specversion != SPEC_VERSION or header.dataversion != DATA_VERSION:
+        raise UnsupportedVersionError(
+            f"specversion {header.specversion!r} / dataversion {header.dataversion!r} not supported"
+        )
+    data_type = next((t for t in data_types if t.event_type == header.type), None)
+    if data_type is None:
+        expected = ", ".join(t.event_type for t in data_types)
+        raise InvalidMessageError(f"expected {expected}, got event type {header.type!r}")
+    try:
+        return Envelope[data_type].model_validate_json(body)  # type: ignore[valid-type]
+    except ValidationError as error:
+        raise InvalidMessageError(f"invalid {data_type.event_type} event: {_first_problem(error)}") from None
+
+
+class _Header(BaseModel):
+    """The envelope's attributes alone, checked before the data so a wrong version reads as such."""
+
+    specversion: str
+    id: str
+    type: str
+    dataversion: int = DATA_VERSION
+
+
+def _first_problem(error: ValidationError) -> str:
+    item = error.errors()[0]
+    where = ".".join(str(part) for part in item["loc"]) or "body"
+    return f"{where}: {item['msg']}"
