@@ -120,13 +120,7 @@ class _Scanner:
                 await uow.images.mark_failed(image.id, error.reason, content_hash, pack)
                 await uow.commit()
             raise
-        image_key = f"{image.id}_{analysis.model_pack}"
-        thumbnail_paths = await asyncio.to_thread(
-            lambda: [
-                self.thumbnails.save(image_key, index, face.thumbnail_jpeg)
-                for index, face in enumerate(analysis.faces)
-            ]
-        )
+        thumbnail_paths = await asyncio.to_thread(self.thumbnails.save_faces, image.id, analysis)
         async with self.unit_of_work() as uow:
             await uow.save_analysis(image.id, content_hash, len(data), analysis, thumbnail_paths)
             await uow.commit()

@@ -26,7 +26,7 @@ class Analyzer(Protocol):
 
 
 class Thumbnails(Protocol):
-    def save(self, image_key: str, face_index: int, jpeg: bytes) -> str: ...
+    def save_faces(self, image_id: int, analysis: ImageAnalysis) -> list[str]: ...
 
 
 class PathResolver(Protocol):
@@ -73,14 +73,7 @@ async def handle_image_uploaded(event: ImageUploaded, deps: DetectionDeps) -> li
         await _mark_failed(deps, image.id, error, content_hash, deps.analyzer.model_pack)
         raise
 
-    # Names are derived from the image and face index, so a redelivery overwrites the same files.
-    image_key = f"{image.id}_{analysis.model_pack}"
-    thumbnail_paths = await asyncio.to_thread(
-        lambda: [
-            deps.thumbnails.save(image_key, index, face.thumbnail_jpeg)
-            for index, face in enumerate(analysis.faces)
-        ]
-    )
+    thumbnail_paths = await asyncio.to_thread(deps.thumbnails.save_faces, image.id, analysis)
     async with deps.unit_of_work() as uow:
         face_ids = await uow.save_analysis(image.id, content_hash, len(data), analysis, thumbnail_paths)
         await uow.commit()

@@ -213,13 +213,7 @@ async def _save(
         return
 
     data, content_hash = file
-    image_key = f"{image.id}_{analysis.model_pack}"  # the names detection and scan give them
-    thumbnail_paths = await asyncio.to_thread(
-        lambda: [
-            deps.thumbnails.save(image_key, index, face.thumbnail_jpeg)
-            for index, face in enumerate(analysis.faces)
-        ]
-    )
+    thumbnail_paths = await asyncio.to_thread(deps.thumbnails.save_faces, image.id, analysis)
     async with deps.unit_of_work() as uow:
         new_ids = await uow.save_analysis(image.id, content_hash, len(data), analysis, thumbnail_paths)
         old_ids, old_boxes = await uow.faces.boxes_of_image(image.id, old_pack)

@@ -7,6 +7,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from image_grouping.models.faces import ImageAnalysis
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -34,6 +36,12 @@ class ThumbnailStore:
         if target.is_relative_to(self._storage):
             return target.relative_to(self._storage).as_posix()
         return target.as_posix()
+
+    def save_faces(self, image_id: int, analysis: ImageAnalysis) -> list[str]:
+        """Every face's thumbnail of one analysed image, in face order. The names derive from the image
+        and the face index, so analysing the same image again overwrites the same files."""
+        image_key = f"{image_id}_{analysis.model_pack}"
+        return [self.save(image_key, index, face.thumbnail_jpeg) for index, face in enumerate(analysis.faces)]
 
     def path_of(self, stored: str) -> Path:
         """The file of a path as `save` returned it."""

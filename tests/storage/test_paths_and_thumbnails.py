@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from storage_factories import BOXES, make_analysis
 
 from image_grouping.errors import ImageNotFoundError, ImagePathError
 from image_grouping.storage import ImagePathResolver, ThumbnailStore
@@ -96,3 +98,19 @@ def test_thumbnails_outside_system_storage_get_an_absolute_path(tmp_path: Path) 
     saved = ThumbnailStore(tmp_path / "thumbs", tmp_path / "data").save("7", 1, b"x")
     assert Path(saved).is_absolute()
     assert Path(saved).read_bytes() == b"x"
+
+
+def test_all_faces_of_an_image_are_saved_in_face_order(tmp_path: Path) -> None:
+    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data")
+    analysis = make_analysis(BOXES)
+    faces = [
+        replace(face, thumbnail_jpeg=f"face {index}".encode()) for index, face in enumerate(analysis.faces)
+    ]
+    analysis = replace(analysis, faces=faces)
+
+    paths = store.save_faces(42, analysis)
+
+    assert paths == [f"thumbnails/42/42_{analysis.model_pack}_{index}.jpg" for index in range(3)]
+    for path, face in zip(paths, analysis.faces, strict=True):
+        assert store.path_of(path).read_bytes() == face.thumbnail_jpeg
+    assert store.save_faces(42, analysis) == paths  # analysing again overwrites the same files
