@@ -29,15 +29,27 @@ from image_grouping.config import load_settings
 
 
 def _bare_worker(paths: list[Path], ready: multiprocessing.Queue, start: multiprocessing.Event) -> None:
+    """The bare pipeline at its best, as bench/pipeline.py drives it: the service's defaults, with
+    `max_in_flight` images handed to the analyzer at once, and no broker or database."""
     from image_grouping.vision import FaceAnalyzer
 
-    analyzer = FaceAnalyzer.from_settings(load_settings())
+    settings = load_settings()
+    analyzer = FaceAnalyzer.from_settings(settings)
     analyzer.analyze(paths[0].read_bytes())  # warm-up: first-run allocations are not throughput
+
+    async def analyse_all() -> None:
+        slots = asyncio.Semaphore(settings.max_in_flight)
+
+        async def analyse(path: Path) -> None:
+            async with slots:
+                await analyzer.analyze_async(await asyncio.to_thread(path.read_bytes))
+
+        await asyncio.gather(*(analyse(path) for path in paths))
+
     ready.put(("ready", 0.0))
     start.wait()
     started = time.perf_counter()
-    for path in paths:
-        analyzer.analyze(path.read_bytes())
+    asyncio.run(analyse_all())
     ready.put(("done", time.perf_counter() - started))
 
 

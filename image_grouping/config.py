@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     dead_letter_queue: str = Field(default="image-grouping.dead-letter", description="Dead-letter queue.")
     prefetch_count: int = Field(default=8, ge=1, description="Unacknowledged messages per consumer.")
     max_in_flight: int = Field(default=4, ge=1, description="Images processed at the same time.")
+    grouping_batch_size: int = Field(
+        default=200, ge=1, description="faces.detected messages grouped together in one assignment, at most."
+    )
+    grouping_batch_wait_seconds: float = Field(
+        default=2.0, ge=0, description="A batch of faces.detected closes when no new one arrives this long."
+    )
     shutdown_grace_seconds: float = Field(
         default=30.0, gt=0, description="On SIGTERM, time for in-flight work to finish."
     )

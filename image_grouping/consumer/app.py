@@ -77,7 +77,13 @@ async def run_loop(adapters: Adapters, stop: asyncio.Event) -> int:
         if settings.service in (DETECTION, "both"):
             routes.append(detection_route(topology.upload_queue, adapters))
         if settings.service in (RECOGNITION, "both"):
-            routes.append(recognition_route(topology.recluster_queue, adapters))
+            # A channel of its own, whose prefetch lets a whole batch of faces.detected arrive.
+            recognition_channel = await connection.channel()
+            await recognition_channel.set_qos(
+                prefetch_count=max(settings.prefetch_count, settings.grouping_batch_size)
+            )
+            recluster_queue = await recognition_channel.get_queue(topology.recluster_queue.name)
+            routes.append(recognition_route(recluster_queue, adapters))
         worker = Worker(
             routes,
             publisher,

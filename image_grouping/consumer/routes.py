@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 from aio_pika.abc import AbstractQueue
 
 from image_grouping.bootstrap import Adapters
-from image_grouping.consumer.worker import Route
+from image_grouping.consumer.worker import BatchPolicy, Route
 from image_grouping.handlers.detection import handle_image_uploaded
 from image_grouping.models.messages import FacesDetected, ImageUploaded, PersonsUpdated, ReclusterRequested
 from image_grouping.observability import DETECTION, FACES_FOUND, RECOGNITION
@@ -27,28 +28,40 @@ def detection_route(queue: AbstractQueue, adapters: Adapters) -> Route:
 
 
 def recognition_route(queue: AbstractQueue, adapters: Adapters) -> Route:
-    # One message at a time: two groupings side by side could each found a person for the same face.
+    # One batch or recluster at a time: two groupings side by side could each found a person for the
+    # same face. Batches because each assignment loads every face of the pack.
+    settings = adapters.settings
     return Route(
         queue,
         RECOGNITION,
-        {
-            FacesDetected: partial(handle_faces_detected, adapters=adapters),
-            ReclusterRequested: partial(handle_recluster_requested, adapters=adapters),
-        },
+        {ReclusterRequested: partial(handle_recluster_requested, adapters=adapters)},
+        batch=BatchPolicy(
+            FacesDetected,
+            partial(handle_faces_detected, adapters=adapters),
+            size=settings.grouping_batch_size,
+            wait_seconds=settings.grouping_batch_wait_seconds,
+        ),
     )
 
 
-async def handle_faces_detected(event: FacesDetected, adapters: Adapters) -> list[PersonsUpdated]:
-    """Assign the new faces to persons (or new persons) incrementally."""
+async def handle_faces_detected(events: Sequence[FacesDetected], adapters: Adapters) -> list[PersonsUpdated]:
+    """Assign the new faces of several images to persons (or new persons) incrementally, in one commit."""
     from image_grouping.handlers.recognition import assign_new_faces
 
-    if not event.face_ids:
+    face_ids_by_pack: dict[str, list[int]] = {}
+    for event in events:
+        if event.face_ids:
+            face_ids_by_pack.setdefault(event.model_pack, []).extend(event.face_ids)
+    if not face_ids_by_pack:
         return []
+    updates = []
     async with adapters.unit_of_work() as uow:
-        changes = await assign_new_faces(event.face_ids, event.model_pack, uow, adapters.settings)
+        for model_pack, face_ids in face_ids_by_pack.items():
+            changes = await assign_new_faces(face_ids, model_pack, uow, adapters.settings)
+            updates.append(PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data()))
         if not adapters.settings.dry_run:
             await uow.commit()
-    return [PersonsUpdated(model_pack=event.model_pack, changes=changes.to_event_data())]
+    return updates
 
 
 async def handle_recluster_requested(event: ReclusterRequested, adapters: Adapters) -> list[PersonsUpdated]:

@@ -8,6 +8,9 @@
   down it stops consuming, probes with backoff and resumes, and the messages it holds wait. A failure
   that repeats while the dependencies are up (a bug) is requeued after a few tries; a message that keeps
   coming back is dead-lettered by the broker's delivery limit.
+- A route may batch one event type: consecutive messages of it are handled in one call (up to a size,
+  or until none more arrives within a wait), acknowledged together after it. Messages are handled in the
+  order they arrive: another event type closes the open batch and waits for it.
 - `drain()` stops consuming, lets in-flight messages finish within the grace period and hands the rest
   back to the broker.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -39,6 +42,7 @@ from image_grouping.observability import (
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Any], Awaitable[Sequence[EventData]]]  # event data -> events to publish
+BatchHandler = Callable[[Sequence[Any]], Awaitable[Sequence[EventData]]]  # many event data -> events
 Probe = Callable[[], Awaitable[None]]
 
 # Tries of a message whose handler fails while the database answers, before it is requeued.
@@ -48,13 +52,45 @@ MAX_BACKOFF_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Route:
-    """A queue, what each event type arriving on it does, and how many of its messages run at once;
-    `service` tags the log lines."""
+    """A queue, what each event type arriving on it does (`batch`: one type handled many at a time), and
+    how many of its messages (or batches) run at once; `service` tags the log lines."""
 
     queue: AbstractQueue
     service: str
     handlers: Mapping[type[EventData], Handler]
     max_in_flight: int = 1
+    batch: BatchPolicy | None = None
+
+    @property
+    def event_types(self) -> tuple[type[EventData], ...]:
+        batched = () if self.batch is None else (self.batch.event_type,)
+        return (*self.handlers, *batched)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Consecutive `event_type` messages go to one `handler` call: up to `size` of them, gathered until
+    none more arrives within `wait_seconds`."""
+
+    event_type: type[EventData]
+    handler: BatchHandler
+    size: int
+    wait_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    message: AbstractIncomingMessage
+    event: Envelope[Any]
+
+
+@dataclass(slots=True)
+class _OpenBatch:
+    """Messages waiting to be handled together; the task of the first one (its leader) handles them."""
+
+    deliveries: list[_Delivery]
+    grew: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
 
 
 class Worker:
@@ -73,6 +109,7 @@ class Worker:
         self._slots = {route.queue.name: asyncio.Semaphore(route.max_in_flight) for route in routes}
         self._consumer_tags: dict[str, ConsumerTag] = {}
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._open_batches: dict[str, _OpenBatch] = {}
         self._healthy = asyncio.Event()
         self._healthy.set()
         self._recovery: asyncio.Task[None] | None = None
@@ -115,75 +152,151 @@ class Worker:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
+        batch: _OpenBatch | None = None  # the messages this task settles, once it leads a batch
         try:
-            async with self._slots[route.queue.name]:
-                if self._stopping:  # prefetched, never started: give it back untouched
-                    await _settle(partial(message.nack, requeue=True))
+            with structlog.contextvars.bound_contextvars(
+                service=route.service, message_id=message.message_id, redelivered=message.redelivered
+            ):
+                try:
+                    delivery = _Delivery(message, parse_event(message.body, *route.event_types))
+                except BadInputError as error:
+                    await self._dead_letter(
+                        route, message, error, event_type=message.routing_key or "unknown"
+                    )
                     return
-                await self._process(route, message)
+                batch = self._join_batch(route, delivery)
+                if batch is None:  # an open batch took it: that batch's leader settles it
+                    return
+                # Slots are granted in arrival order, so messages are handled in the order they came.
+                async with self._slots[route.queue.name]:
+                    if not batch.closed:
+                        await self._gather(route, batch)
+                    if self._stopping:  # prefetched, never started: give them back untouched
+                        await _give_back([each.message for each in batch.deliveries])
+                        return
+                    await self._process(route, batch.deliveries)
         except asyncio.CancelledError:
-            await _settle(partial(message.nack, requeue=True))
+            if batch is None:
+                await _give_back([message])
+            else:
+                self._close_batch(route, batch)
+                await _give_back([each.message for each in batch.deliveries])
             raise
         finally:
             self._in_flight.discard(task)
 
-    async def _process(self, route: Route, message: AbstractIncomingMessage) -> None:
-        started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(
-            service=route.service, message_id=message.message_id, redelivered=message.redelivered
-        ):
+    def _join_batch(self, route: Route, delivery: _Delivery) -> _OpenBatch | None:
+        """The batch this message's task leads, or None when it joined one that another task leads."""
+        open_batch = self._open_batches.get(route.queue.name)
+        if route.batch is None or not isinstance(delivery.event.data, route.batch.event_type):
+            if open_batch is not None:  # handled after the batch before it, and alone
+                self._close_batch(route, open_batch)
+            return _OpenBatch([delivery], closed=True)
+        if open_batch is None:
+            open_batch = self._open_batches[route.queue.name] = _OpenBatch([])
+            led: _OpenBatch | None = open_batch
+        else:
+            led = None
+        open_batch.deliveries.append(delivery)
+        open_batch.grew.set()
+        if len(open_batch.deliveries) >= route.batch.size:
+            self._close_batch(route, open_batch)
+        return led
+
+    async def _gather(self, route: Route, batch: _OpenBatch) -> None:
+        """Let the batch grow until it is full or closed, or no message joins within the wait."""
+        assert route.batch is not None
+        while not batch.closed and not self._stopping:
+            batch.grew.clear()
             try:
-                event = parse_event(message.body, *route.handlers)
-            except BadInputError as error:
-                await self._dead_letter(route, message, error, event_type=message.routing_key or "unknown")
+                async with asyncio.timeout(route.batch.wait_seconds):
+                    await batch.grew.wait()
+            except TimeoutError:
+                break
+        self._close_batch(route, batch)
+
+    def _close_batch(self, route: Route, batch: _OpenBatch) -> None:
+        batch.closed = True
+        batch.grew.set()
+        if self._open_batches.get(route.queue.name) is batch:
+            del self._open_batches[route.queue.name]
+
+    async def _process(self, route: Route, deliveries: Sequence[_Delivery]) -> None:
+        started = time.perf_counter()
+        event_type = deliveries[0].event.type
+        subject = (
+            {"image_id": getattr(deliveries[0].event.data, "image_id", None)}
+            if len(deliveries) == 1
+            else {"batch": len(deliveries)}
+        )
+        with structlog.contextvars.bound_contextvars(event_type=event_type, **subject):
+            for each in deliveries:
+                lag = (datetime.now(UTC) - each.event.time).total_seconds()
+                QUEUE_LAG_SECONDS.labels(event_type).observe(max(lag, 0.0))
+            try:
+                outgoing = await self._handle_with_retries(route, deliveries)
+            except BadInputError as error:  # one of them is bad: find it by handling each alone
+                log.warning("batch refused: handling its messages one by one", detail=str(error))
+                for each in deliveries:
+                    await self._process(route, [each])
                 return
-            with structlog.contextvars.bound_contextvars(
-                image_id=getattr(event.data, "image_id", None), event_type=event.type
-            ):
-                lag = (datetime.now(UTC) - event.time).total_seconds()
-                QUEUE_LAG_SECONDS.labels(event.type).observe(max(lag, 0.0))
-                outgoing = await self._handle_with_retries(route, message, event)
-                if outgoing is None:
-                    return
-                for data in outgoing:
-                    await self._publisher.publish(new_event(data))
-                if self._dry_run:
-                    log.info("dry run: message left unacknowledged")
-                    return
-                await _settle(message.ack)
-                elapsed = time.perf_counter() - started
-                MESSAGES_HANDLED.labels(event.type).inc()
-                PROCESSING_SECONDS.labels(event.type).observe(elapsed)
-                log.info(
-                    "message handled", seconds=round(elapsed, 3), published=[d.event_type for d in outgoing]
-                )
+            if outgoing is None:
+                return
+            for data in outgoing:
+                await self._publisher.publish(new_event(data))
+            if self._dry_run:
+                log.info("dry run: messages left unacknowledged", count=len(deliveries))
+                return
+            for each in deliveries:
+                await _settle(each.message.ack)
+            elapsed = time.perf_counter() - started
+            MESSAGES_HANDLED.labels(event_type).inc(len(deliveries))
+            PROCESSING_SECONDS.labels(event_type).observe(elapsed)
+            log.info(
+                "message handled" if len(deliveries) == 1 else "batch handled",
+                seconds=round(elapsed, 3),
+                published=[d.event_type for d in outgoing],
+            )
 
     async def _handle_with_retries(
-        self, route: Route, message: AbstractIncomingMessage, event: Envelope[Any]
+        self, route: Route, deliveries: Sequence[_Delivery]
     ) -> Sequence[EventData] | None:
-        """The handler's events, or None when the message was dead-lettered or requeued."""
-        handler = route.handlers[type(event.data)]
+        """The handler's events, or None when the messages were dead-lettered or requeued.
+
+        Bad input in a batch of several is raised: the caller handles its messages one by one.
+        """
+        event_type = deliveries[0].event.type
         failures = 0
         delay = 0.5
         while True:
             await self._healthy.wait()
             try:
-                return await handler(event.data)
+                return await self._call_handler(route, deliveries)
             except BadInputError as error:
-                await self._dead_letter(route, message, error, event_type=event.type)
+                if len(deliveries) > 1:
+                    raise
+                await self._dead_letter(route, deliveries[0].message, error, event_type=event_type)
                 return None
             except Exception as error:
-                MESSAGES_FAILED.labels(event.type, "transient").inc()
+                MESSAGES_FAILED.labels(event_type, "transient").inc(len(deliveries))
                 if await self._dependencies_down(error):
                     continue  # waits for the recovery to resume, without counting the failure
                 failures += 1
                 if failures >= FAILURES_BEFORE_REQUEUE:
                     log.exception("handler keeps failing while the database is up: requeueing")
-                    await _settle(partial(message.nack, requeue=True))
+                    await _give_back([each.message for each in deliveries])
                     return None
                 log.warning("handler failed, retrying", error=repr(error), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    @staticmethod
+    async def _call_handler(route: Route, deliveries: Sequence[_Delivery]) -> Sequence[EventData]:
+        data = [each.event.data for each in deliveries]
+        if route.batch is not None and isinstance(data[0], route.batch.event_type):
+            return await route.batch.handler(data)
+        (single,) = data
+        return await route.handlers[type(single)](single)
 
     async def _dead_letter(
         self, route: Route, message: AbstractIncomingMessage, error: BadInputError, *, event_type: str
@@ -250,3 +363,9 @@ async def _settle(settle: Callable[[], Awaitable[None]]) -> None:
         await settle()
     except (MessageProcessError, *TRANSIENT_BROKER_ERRORS) as error:
         log.warning("could not settle the message: the broker redelivers it", error=repr(error))
+
+
+async def _give_back(messages: Sequence[AbstractIncomingMessage]) -> None:
+    """Requeue messages: the broker delivers them again (here or to another replica)."""
+    for message in messages:
+        await _settle(partial(message.nack, requeue=True))
