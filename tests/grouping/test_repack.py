@@ -121,24 +121,27 @@ async def test_repack_carries_persons_and_manual_edits_over_to_the_new_pack(
     settings_b = settings_a.model_copy(update={"model_dir": pack_b_folder, "model_pack": PACK_B})
     await _analyse_under_pack_a(settings_a, unit_of_work, eval_dir, tmp_path)
 
-    # Edits by hand under pack A: name the largest person, take one face out, move another face in.
+    async with grouping_engine.connect() as connection:
+        gone_id = (
+            await connection.execute(select(images.c.id).where(images.c.source_path.like(f"%{GONE}")))
+        ).scalar_one()
+
+    # Edits by hand under pack A: name the largest person, take one face out, move another face in
+    # (a face of a photo still on disk, so the move can be carried over).
     async with unit_of_work() as uow:
         named = max(await uow.persons.list(), key=lambda person: person.face_count)
         assert named.face_count >= len(SAME_PERSON)  # the three photos of one man, grouped together
         stored = await uow.faces.load_for_grouping(PACK_A)
-        members = stored.face_ids[stored.person_ids == named.id].tolist()
+        on_disk = stored.image_ids != gone_id
+        members = stored.face_ids[(stored.person_ids == named.id) & on_disk].tolist()
         cover, removed = members[0], members[-1]
-        moved = int(stored.face_ids[stored.person_ids != named.id][0])
+        moved = int(stored.face_ids[(stored.person_ids != named.id) & on_disk][0])
         await uow.persons.rename(named.id, "Ada")
         await uow.persons.set_cover(named.id, cover)
         await uow.faces.remove_from_person(removed)
         await uow.faces.assign_by_hand(moved, named.id)
         await uow.commit()
     faces_a = await _faces_of(grouping_engine, PACK_A)
-    async with grouping_engine.connect() as connection:
-        gone_id = (
-            await connection.execute(select(images.c.id).where(images.c.source_path.like(f"%{GONE}")))
-        ).scalar_one()
     kept_a = {key: value for key, value in faces_a.items() if key[0] != gone_id}
     total_images = len(GROUP_PHOTOS) + len(SAME_PERSON) + 2
 
