@@ -184,10 +184,7 @@ async def run(count: int, bad_share: float, workers: int, *, seed: int, drain_se
                 path = harness.add_image(photo, f"{index:06d}_{photo.name}")
                 messages.append((key, new_event(ImageUploaded(image_id=key, path=path)).to_json()))
 
-        for index in range(workers):
-            harness.start_worker(index)
-        for index in range(workers):
-            harness.wait_ready(index)
+        harness.start_workers(workers)
         bus = Bus(harness)
         await bus.connect()
         started = time.monotonic()

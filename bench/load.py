@@ -92,10 +92,7 @@ async def service_run(photos: list[Path], count: int, workers: int, paced_count:
             (f"load-{index}", harness.add_image(photo, f"{index:06d}_{photo.name}"))
             for index, photo in cycled(photos, count + paced_count)
         ]
-        for index in range(workers):
-            harness.start_worker(index)
-        for index in range(workers):
-            harness.wait_ready(index)
+        harness.start_workers(workers)
         bus = Bus(harness)
         await bus.connect()
 

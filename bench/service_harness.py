@@ -117,6 +117,13 @@ class Harness:
     def liveness_file(self, index: int) -> Path:
         return self.work / f"alive-{index}"
 
+    def start_workers(self, count: int) -> None:
+        """Start `count` workers side by side, then wait until each is ready."""
+        for index in range(count):
+            self.start_worker(index)
+        for index in range(count):
+            self.wait_ready(index)
+
     def wait_ready(self, index: int, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not self.liveness_file(index).exists():
