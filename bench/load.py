@@ -1,10 +1,14 @@
 """Sustained throughput and latency of the detection service on real photos, against the bare pipeline.
 
-    .venv/bin/python bench/load.py --count 2000 --workers 1,2
+    .venv/bin/python bench/load.py --count 2000 --workers 1,2 [--photos detection|12mp]
+
+The photos are the small detection photos as they are (where the fixed cost per message weighs most), or
+the 12-megapixel set of the face analysis benchmark (bench/pipeline.py).
 
 For each worker count W, in one run:
-- reference: the bare `FaceAnalyzer` (read bytes, analyse) over the same images in W processes,
-  half before and half after the service run;
+- reference: the bare `FaceAnalyzer` (read bytes, analyse; `MAX_IN_FLIGHT` images at once, as the
+  service and bench/pipeline.py run it) over the same images in W processes, half before and half
+  after the service run;
 - service: W `image-grouping consume` processes on the real RabbitMQ and PostgreSQL; all uploads are
   published at once and throughput is uploads / (last faces.detected - first publish);
 - latency, publish to faces.detected: under that backlog, and paced at 70% of the measured throughput;
@@ -18,11 +22,13 @@ import argparse
 import asyncio
 import multiprocessing
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pipeline import build_images
 from service_harness import Bus, Harness, cycled, detection_photos, percentile
 
 from image_grouping.config import load_settings
@@ -142,11 +148,28 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="uploads in the throughput phase")
     parser.add_argument("--workers", default="1,2", help="worker process counts to measure, e.g. 1,2")
     parser.add_argument("--paced-count", type=int, default=200, help="uploads in the paced latency phase")
+    parser.add_argument(
+        "--photos",
+        choices=["detection", "12mp"],
+        default="detection",
+        help="detection: the small FDDB/PASCAL photos as they are; 12mp: the 12-megapixel JPEGs of "
+        "bench/pipeline.py (the face analysis benchmark's set)",
+    )
+    parser.add_argument("--distinct", type=int, default=61, help="12 MP photos to build (with --photos 12mp)")
     arguments = parser.parse_args()
 
-    photos = detection_photos()
+    with tempfile.TemporaryDirectory(prefix="bench_load_") as folder:
+        if arguments.photos == "12mp":
+            photos = build_images(Path(folder), arguments.distinct, seed=0)
+        else:
+            photos = detection_photos()
+        measure(photos, arguments)
+
+
+def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
     paths = [photo for _, photo in cycled(photos, arguments.count)]
-    print(f"{arguments.count} uploads of {min(len(photos), arguments.count)} distinct detection photos")
+    distinct = min(len(photos), arguments.count)
+    print(f"{arguments.count} uploads of {distinct} distinct {arguments.photos} photos")
     for workers in (int(value) for value in arguments.workers.split(",")):
         # Half the reference before the service and half after, so drifting load on the machine
         # weighs on both sides alike.
