@@ -13,8 +13,6 @@ images/s.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,20 +26,15 @@ from image_grouping.evaluation.detection import (
     format_detection_report,
 )
 from image_grouping.vision import FaceAnalyzer
-from image_grouping.vision.model_pack import BUNDLED_MODEL_FOLDER, BUNDLED_PACKS
 
 DETECTION = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "detection"
 
 
 def insightface_detector() -> Detector:
     import cv2
-    from insightface.app import FaceAnalysis
+    from reference import insightface_app
 
-    pack = Path(tempfile.mkdtemp(prefix="buffalo_sc_"))
-    for name in BUNDLED_PACKS["buffalo_sc"]:
-        shutil.copy(BUNDLED_MODEL_FOLDER / name, pack / name)
-    app = FaceAnalysis(name=str(pack), allowed_modules=["detection"], providers=["CPUExecutionProvider"])
-    app.prepare(ctx_id=-1, det_size=(640, 640))
+    app = insightface_app(["detection"])
 
     def detect(path: Path) -> tuple[np.ndarray, np.ndarray]:
         found, _ = app.det_model.detect(cv2.imread(str(path)))

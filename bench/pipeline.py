@@ -20,7 +20,6 @@ import asyncio
 import os
 import random
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,17 +92,9 @@ def run_ours(paths: list[Path]) -> Result:
 
 def run_insightface(paths: list[Path]) -> Result:
     import cv2
-    from insightface.app import FaceAnalysis
+    from reference import insightface_app
 
-    from image_grouping.vision.model_pack import BUNDLED_MODEL_FOLDER, BUNDLED_PACKS
-
-    pack = Path(tempfile.mkdtemp(prefix="buffalo_sc_"))
-    for name in BUNDLED_PACKS["buffalo_sc"]:
-        shutil.copy(BUNDLED_MODEL_FOLDER / name, pack / name)
-    app = FaceAnalysis(
-        name=str(pack), allowed_modules=["detection", "recognition"], providers=["CPUExecutionProvider"]
-    )
-    app.prepare(ctx_id=-1, det_size=(640, 640))
+    app = insightface_app(["detection", "recognition"])
     app.get(cv2.imread(str(paths[0])))
 
     boxes, embeddings, latencies = [], [], []
