@@ -7,7 +7,6 @@ hashes files. Bad images are reported and skipped; nothing about one image abort
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -20,7 +19,14 @@ from tqdm import tqdm
 
 from image_grouping.config import Settings
 from image_grouping.errors import BadInputError
-from image_grouping.storage import SqlUnitOfWork, ThumbnailStore, create_engine, ensure_schema, redact
+from image_grouping.storage import (
+    SqlUnitOfWork,
+    ThumbnailStore,
+    create_engine,
+    ensure_schema,
+    read_image_file,
+    redact,
+)
 from image_grouping.storage.database import database_url
 
 if TYPE_CHECKING:
@@ -66,11 +72,6 @@ def find_images(folder: Path) -> list[Path]:
     )
 
 
-def _read(path: Path) -> tuple[bytes, str]:
-    data = path.read_bytes()
-    return data, hashlib.sha256(data).hexdigest()
-
-
 class _Scanner:
     """Analyses one image at a time per worker; the analyzer's executor runs the models."""
 
@@ -103,7 +104,7 @@ class _Scanner:
 
     async def scan(self, path: Path) -> tuple[Outcome, int]:
         try:
-            data, content_hash = await asyncio.to_thread(_read, path)
+            data, content_hash = await asyncio.to_thread(read_image_file, path, self.settings.max_image_bytes)
         except OSError as error:
             self.progress.write(f"skipped {path}: unreadable ({error.strerror})")
             return Outcome.FAILED, 0
@@ -146,7 +147,7 @@ async def _dry_run(files: list[Path], analyzer: FaceAnalyzer) -> ScanSummary:
     for path in tqdm(files, unit="img", desc="analysing (dry run)"):
         summary.images += 1
         try:
-            data, _ = await asyncio.to_thread(_read, path)
+            data, _ = await asyncio.to_thread(read_image_file, path, analyzer.settings.max_image_bytes)
             summary.faces += len((await analyzer.analyze_async(data)).faces)
             summary.analysed += 1
         except (BadInputError, OSError) as error:

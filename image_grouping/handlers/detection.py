@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +10,10 @@ from typing import Protocol
 
 import structlog
 
-from image_grouping.errors import BadInputError, ImageNotFoundError, ImageTooLargeError
+from image_grouping.errors import BadInputError
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.messages import FacesDetected, ImageUploaded
-from image_grouping.storage import SqlUnitOfWork
+from image_grouping.storage import SqlUnitOfWork, read_image_file
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +50,7 @@ async def handle_image_uploaded(event: ImageUploaded, deps: DetectionDeps) -> li
     """
     if deps.dry_run:
         path = deps.paths.resolve(event.path)
-        data, _ = await asyncio.to_thread(_read_image, path, deps.max_image_bytes)
+        data, _ = await asyncio.to_thread(read_image_file, path, deps.max_image_bytes)
         analysis = await deps.analyzer.analyze_async(data)
         log.info("dry run: faces found, nothing written", faces=len(analysis.faces))
         return [_faces_detected(event, [], analysis.model_pack)]
@@ -61,7 +60,7 @@ async def handle_image_uploaded(event: ImageUploaded, deps: DetectionDeps) -> li
         await uow.commit()
     try:
         path = deps.paths.resolve(event.path)
-        data, content_hash = await asyncio.to_thread(_read_image, path, deps.max_image_bytes)
+        data, content_hash = await asyncio.to_thread(read_image_file, path, deps.max_image_bytes)
     except BadInputError as error:
         # Recorded, so MODE=oneshot does not take it up again.
         await _mark_failed(deps, image.id, error)
@@ -97,15 +96,3 @@ def _faces_detected(event: ImageUploaded, face_ids: list[int], model_pack: str) 
     return FacesDetected(
         image_id=event.image_id, face_ids=face_ids, face_count=len(face_ids), model_pack=model_pack
     )
-
-
-def _read_image(path: Path, max_bytes: int) -> tuple[bytes, str]:
-    """The file's bytes and their sha256; a file that vanished, cannot be read or is too big is bad input."""
-    try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ImageTooLargeError(f"{size} bytes is more than the {max_bytes} allowed")
-        data = path.read_bytes()
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
-        raise ImageNotFoundError(f"cannot read {path.name}: {error.strerror}") from None
-    return data, hashlib.sha256(data).hexdigest()

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from image_grouping.config import Settings
 from image_grouping.errors import BadInputError, ImageNotFoundError, ImagePathError
-from image_grouping.handlers.detection import PathResolver, Thumbnails, _read_image
+from image_grouping.handlers.detection import PathResolver, Thumbnails
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.records import ImageRecord
 from image_grouping.storage import (
@@ -30,6 +30,7 @@ from image_grouping.storage import (
     ThumbnailStore,
     create_engine,
     ensure_schema,
+    read_image_file,
     redact,
 )
 from image_grouping.storage.repositories import match_boxes
@@ -181,7 +182,7 @@ async def repack_images(
 async def _read(image: ImageRecord, deps: RepackDeps) -> tuple[bytes, str] | BadInputError:
     try:
         path = deps.paths.resolve(image.source_path)
-        return await asyncio.to_thread(_read_image, path, deps.max_image_bytes)
+        return await asyncio.to_thread(read_image_file, path, deps.max_image_bytes)
     except BadInputError as error:
         return error
 

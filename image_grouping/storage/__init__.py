@@ -2,7 +2,7 @@
 
 from image_grouping.storage.database import create_engine, database_url, redact
 from image_grouping.storage.migrations import ensure_schema, upgrade_database
-from image_grouping.storage.paths import ImagePathResolver
+from image_grouping.storage.paths import ImagePathResolver, read_image_file
 from image_grouping.storage.repositories import (
     FaceRepository,
     ImageRepository,
@@ -23,6 +23,7 @@ __all__ = [
     "create_engine",
     "database_url",
     "ensure_schema",
+    "read_image_file",
     "redact",
     "upgrade_database",
 ]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path, PurePosixPath
 
-from image_grouping.errors import ImageNotFoundError, ImagePathError
+from image_grouping.errors import ImageNotFoundError, ImagePathError, ImageTooLargeError
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:/")
 
@@ -48,3 +49,18 @@ class ImagePathResolver:
         if path.startswith("/"):
             return Path(path)  # absolute: accepted only if it lies inside the root (checked by resolve)
         return self._root.joinpath(*PurePosixPath(path).parts)
+
+
+def read_image_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
+    """The file's bytes and their sha256; a file that vanished, cannot be read or is too big is bad input.
+
+    The size is checked before reading, so an absurd file is refused without loading it into memory.
+    """
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImageTooLargeError(f"{size} bytes is more than the {max_bytes} allowed")
+        data = path.read_bytes()
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        raise ImageNotFoundError(f"cannot read {path.name}: {error.strerror}") from None
+    return data, hashlib.sha256(data).hexdigest()
