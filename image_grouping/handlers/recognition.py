@@ -38,7 +38,7 @@ async def assign_new_faces(
     persons = await uow.persons.list()
     usable = _groupable(faces)
     index_of = {face_id: row for row, face_id in enumerate(faces.face_ids[usable].tolist())}
-    subset = _take(faces, usable)
+    subset = faces.take(usable)
     new = np.array(sorted({index_of[face_id] for face_id in face_ids if face_id in index_of}), np.int64)
     new = new[subset.person_ids[new] < 0] if len(new) else new
     if len(new) == 0:
@@ -68,7 +68,7 @@ async def recluster_all(model_pack: str, uow: Any, settings: Settings, *, dry_ru
     run_id = None if dry_run else await uow.runs.start("recluster")
     faces = await uow.faces.load_for_grouping(model_pack)
     persons = await uow.persons.list()
-    subset = _take(faces, _groupable(faces))
+    subset = faces.take(_groupable(faces))
     grouping_input = _grouping_input(subset, persons, await uow.faces.cannot_links(), params)
     labels = group_faces(grouping_input, params).labels
     plan = map_groups_to_persons(
@@ -141,20 +141,6 @@ async def run_full_recluster(settings: Settings) -> str:
 def _groupable(faces: FaceSet) -> np.ndarray:
     """Faces grouping may look at: all but those taken out of a person by hand (they stay unassigned)."""
     return ~(faces.manual & (faces.person_ids < 0))
-
-
-def _take(faces: FaceSet, rows: np.ndarray) -> FaceSet:
-    return FaceSet(
-        face_ids=faces.face_ids[rows],
-        image_ids=faces.image_ids[rows],
-        embeddings=faces.embeddings[rows],
-        person_ids=faces.person_ids[rows],
-        manual=faces.manual[rows],
-        det_score=faces.det_score[rows],
-        size_px=faces.size_px[rows],
-        sharpness=faces.sharpness[rows],
-        yaw=faces.yaw[rows],
-    )
 
 
 def _grouping_input(

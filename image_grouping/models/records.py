@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Literal
 
@@ -53,6 +53,10 @@ class FaceSet:
 
     def __len__(self) -> int:
         return len(self.face_ids)
+
+    def take(self, rows: np.ndarray) -> FaceSet:
+        """The faces at `rows` (indices or a boolean mask), every array alike."""
+        return FaceSet(**{field.name: getattr(self, field.name)[rows] for field in fields(self)})
 
     @classmethod
     def empty(cls, dim: int = 0) -> FaceSet:
