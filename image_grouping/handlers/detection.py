@@ -55,40 +55,42 @@ async def handle_image_uploaded(event: ImageUploaded, deps: DetectionDeps) -> li
         log.info("dry run: faces found, nothing written", faces=len(analysis.faces))
         return [_faces_detected(event, [], analysis.model_pack)]
 
-    async with deps.unit_of_work() as uow:
-        image = await uow.images.get_or_create(event.image_id, event.path)
-        await uow.commit()
     try:
         path = deps.paths.resolve(event.path)
         data, content_hash = await asyncio.to_thread(read_image_file, path, deps.max_image_bytes)
     except BadInputError as error:
         # Recorded, so MODE=oneshot does not take it up again.
-        await _mark_failed(deps, image.id, error)
+        await _register_failed(deps, event, error)
         raise
     try:
         analysis = await deps.analyzer.analyze_async(data)
     except BadInputError as error:
         # With the hash, the same bytes under another path are known bad too.
-        await _mark_failed(deps, image.id, error, content_hash, deps.analyzer.model_pack)
+        await _register_failed(deps, event, error, content_hash, deps.analyzer.model_pack)
         raise
 
-    thumbnail_paths = await asyncio.to_thread(deps.thumbnails.save_faces, image.id, analysis)
+    # One transaction per image: registering the image and storing its faces commit together.
     async with deps.unit_of_work() as uow:
+        image = await uow.images.get_or_create(event.image_id, event.path)
+        # The thumbnails are named by the image's id; a commit that fails leaves them to be overwritten
+        # when the message is redelivered.
+        thumbnail_paths = await asyncio.to_thread(deps.thumbnails.save_faces, image.id, analysis)
         face_ids = await uow.save_analysis(image.id, content_hash, len(data), analysis, thumbnail_paths)
         await uow.commit()
     log.info("faces stored", faces=len(face_ids), db_image_id=image.id)
     return [_faces_detected(event, face_ids, analysis.model_pack)]
 
 
-async def _mark_failed(
+async def _register_failed(
     deps: DetectionDeps,
-    image_id: int,
+    event: ImageUploaded,
     error: BadInputError,
     content_hash: str | None = None,
     model_pack: str | None = None,
 ) -> None:
     async with deps.unit_of_work() as uow:
-        await uow.images.mark_failed(image_id, error.reason, content_hash, model_pack)
+        image = await uow.images.get_or_create(event.image_id, event.path)
+        await uow.images.mark_failed(image.id, error.reason, content_hash, model_pack)
         await uow.commit()
 
 
