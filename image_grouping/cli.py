@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,16 @@ DatabaseUrl = Annotated[
     typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL, SQL_CONNECTION_STRING or local SQLite."),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def _service_event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop where it exists (not on Windows): the service's event loop spends less CPU per message on
+    the broker and database sockets, CPU that the face analysis threads need."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def _settings(*, configure_logging: bool = True, **overrides: object) -> Settings:
@@ -65,7 +76,8 @@ def consume(
 
     if recluster is not None:
         settings = settings.model_copy(update={"recognizer_args": "--recluster" if recluster else ""})
-    sys.exit(asyncio.run(run_service(settings)))
+    with asyncio.Runner(loop_factory=_service_event_loop()) as runner:
+        sys.exit(runner.run(run_service(settings)))
 
 
 @app.command()
