@@ -10,10 +10,12 @@ For each worker count W, in one run:
   service and bench/pipeline.py run it) over the same images in W processes, half before and half
   after the service run;
 - service: W `image-grouping consume` processes on the real RabbitMQ and PostgreSQL; all uploads are
-  published at once and throughput is uploads / (last faces.detected - first publish);
-- latency, publish to faces.detected: under that backlog, and paced at 70% of the measured throughput;
+  queued before the workers start (so the uploader's CPU is not the service's) and throughput is
+  uploads / (last faces.detected - first worker up);
+- latency, publish to faces.detected: of that backlog, and paced at 70% of the measured throughput;
 - the peak resident memory (VmHWM) of each worker process.
-It prints the figures and the ratio service / bare (target >= 0.90).
+It prints the figures, the ratio service / bare (target >= 0.90), and where the CPU went per image:
+the workers (event loop and other threads), RabbitMQ, PostgreSQL, the kernel's workers and idle time.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import build_images
-from service_harness import Bus, Harness, cycled, detection_photos, percentile
+from service_harness import Bus, Harness, cpu_seconds, cycled, detection_photos, percentile
 
 from image_grouping.config import load_settings
 
@@ -52,15 +54,16 @@ def _bare_worker(paths: list[Path], ready: multiprocessing.Queue, start: multipr
 
         await asyncio.gather(*(analyse(path) for path in paths))
 
-    ready.put(("ready", 0.0))
+    ready.put(("ready", 0.0, 0.0))
     start.wait()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     asyncio.run(analyse_all())
-    ready.put(("done", time.perf_counter() - started))
+    ready.put(("done", time.perf_counter() - started, time.process_time() - cpu_started))
 
 
-def bare_seconds(paths: list[Path], processes: int) -> float:
-    """Seconds the bare pipeline takes over `paths`, split between `processes` processes."""
+def bare_seconds(paths: list[Path], processes: int) -> tuple[float, float]:
+    """Seconds the bare pipeline takes over `paths`, split between `processes` processes, and the CPU
+    seconds of those processes."""
     context = multiprocessing.get_context("spawn")
     messages, start = context.Queue(), context.Event()
     workers = [
@@ -72,10 +75,10 @@ def bare_seconds(paths: list[Path], processes: int) -> float:
     for _ in workers:
         assert messages.get(timeout=300)[0] == "ready"
     start.set()
-    elapsed = max(messages.get(timeout=3600)[1] for _ in workers)
+    results = [messages.get(timeout=3600) for _ in workers]
     for worker in workers:
         worker.join()
-    return elapsed
+    return max(result[1] for result in results), sum(result[2] for result in results)
 
 
 async def wait_all_detected(bus: Bus, image_ids: list[str], within: float) -> None:
@@ -98,18 +101,25 @@ async def service_run(photos: list[Path], count: int, workers: int, paced_count:
             (f"load-{index}", harness.add_image(photo, f"{index:06d}_{photo.name}"))
             for index, photo in cycled(photos, count + paced_count)
         ]
-        harness.start_workers(workers)
-        bus = Bus(harness)
+        harness.start_workers(workers)  # they declare the topology ...
+        harness.stop_workers()  # ... and stop, so the backlog is queued before the clock starts
+        bus = Bus(harness, durable_observer=False)
         await bus.connect()
 
+        # The uploader is not the service: on this 2-core machine its publishing would take CPU from the
+        # workers, so the backlog is queued first and the clock starts when the first worker is up.
         backlog = uploads[:count]
         for image_id, path in backlog:
             await bus.upload(image_id, path)
+        harness.start_workers(workers)
+        started = min(harness.ready_at(index) for index in range(workers))
+        worker_pids = [harness.workers[index].pid for index in range(workers)]
+        cpu_before = cpu_seconds(worker_pids)
         await wait_all_detected(bus, [image_id for image_id, _ in backlog], within=3600)
+        cpu_after = cpu_seconds(worker_pids)
         ids = [image_id for image_id, _ in backlog]
-        first_publish = min(bus.published_at[image_id] for image_id in ids)
         last_detected = max(bus.detected[image_id][0][0] for image_id in ids)
-        throughput = count / (last_detected - first_publish)
+        throughput = count / (last_detected - started)
         backlog_latency = latencies(bus, ids)
 
         paced = uploads[count:]
@@ -136,6 +146,7 @@ async def service_run(photos: list[Path], count: int, workers: int, paced_count:
             "paced_p99": percentile(paced_latency, 0.99),
             "peak_rss_mib_max": max(peak_rss),
             "peak_rss_mib_total": sum(peak_rss),
+            "cpu_ms_per_image": {key: 1000 * (cpu_after[key] - cpu_before[key]) / count for key in cpu_after},
         }
     finally:
         harness.close()
@@ -174,10 +185,11 @@ def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
         # Half the reference before the service and half after, so drifting load on the machine
         # weighs on both sides alike.
         half = len(paths) // 2
-        before = bare_seconds(paths[:half], workers)
+        before, cpu_before = bare_seconds(paths[:half], workers)
         result = asyncio.run(service_run(photos, arguments.count, workers, arguments.paced_count))
-        after = bare_seconds(paths[half:], workers)
+        after, cpu_after = bare_seconds(paths[half:], workers)
         bare = len(paths) / (before + after)
+        bare_cpu_ms = 1000 * (cpu_before + cpu_after) / len(paths)
         print(f"\n== {workers} worker process(es) ==")
         print(
             f"bare pipeline      {bare:8.2f} images/s  "
@@ -197,6 +209,15 @@ def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
         print(
             "peak memory: per worker {peak_rss_mib_max:.0f} MiB, "
             "all workers {peak_rss_mib_total:.0f} MiB".format(**result)
+        )
+        cpu = result["cpu_ms_per_image"]
+        service_cpu = cpu["event loop"] + cpu["other threads"]
+        print(
+            f"CPU per image: bare pipeline {bare_cpu_ms:.1f} ms; service workers {service_cpu:.1f} ms "
+            f"({service_cpu / bare_cpu_ms:.3f} of bare: event loop {cpu['event loop']:.1f}, "
+            f"other threads {cpu['other threads']:.1f}), RabbitMQ {cpu['RabbitMQ']:.1f}, "
+            f"PostgreSQL {cpu['PostgreSQL']:.1f}, kernel workers {cpu['kernel workers']:.1f}, "
+            f"idle {cpu['idle']:.1f}"
         )
 
 

@@ -125,6 +125,8 @@ class Harness:
             self.wait_ready(index)
 
     def wait_ready(self, index: int, timeout: float = 120) -> None:
+        """Wait for the worker's first liveness touch (it comes once the models are loaded and the
+        broker connected, just before consuming starts)."""
         deadline = time.monotonic() + timeout
         while not self.liveness_file(index).exists():
             if self.workers[index].poll() is not None:
@@ -132,6 +134,10 @@ class Harness:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker {index} not ready after {timeout}s")
             time.sleep(0.2)
+
+    def ready_at(self, index: int) -> float:
+        """When worker `index` first touched its liveness file (read right after `wait_ready`)."""
+        return self.liveness_file(index).stat().st_mtime
 
     def stop_workers(self, timeout: float = 60) -> None:
         for process in self.workers.values():
@@ -142,6 +148,8 @@ class Harness:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
+        for index in self.workers:
+            self.liveness_file(index).unlink(missing_ok=True)
 
     def peak_rss_mib(self, index: int) -> float:
         """The worker's peak resident memory (VmHWM), read while it still runs."""
@@ -161,10 +169,12 @@ class Harness:
 
 @dataclass
 class Bus:
-    """Publishes uploads with confirms and records each `faces.detected` (on a durable queue, so the
-    record survives a broker restart)."""
+    """Publishes uploads with confirms and records each `faces.detected`: on a durable quorum queue, so
+    the record survives a broker restart, or (`durable_observer=False`) on a classic exclusive queue,
+    the lightest instrument where the broker stays up."""
 
     harness: Harness
+    durable_observer: bool = True
     published_at: dict[str, float] = field(default_factory=dict)
     detected: dict[str, list[tuple[float, dict]]] = field(default_factory=dict)
 
@@ -175,9 +185,12 @@ class Bus:
         self.exchange = await self.channel.declare_exchange(
             environment["EXCHANGE_NAME"], aio_pika.ExchangeType.TOPIC, durable=True
         )
-        observer = await self.channel.declare_queue(
-            self.harness.observer_queue, durable=True, arguments={"x-queue-type": "quorum"}
-        )
+        if self.durable_observer:
+            observer = await self.channel.declare_queue(
+                self.harness.observer_queue, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+        else:
+            observer = await self.channel.declare_queue(self.harness.observer_queue, exclusive=True)
         await observer.bind(self.exchange, "faces.detected")
         await observer.consume(self._on_detected)
 
@@ -221,6 +234,42 @@ class Bus:
             await channel.exchange_delete(environment[exchange])
         await channel.close()
         await self.connection.close()
+
+
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+# Processes by name whose CPU the service's work costs on this machine besides its own.
+_PROCESS_GROUPS = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL"}
+
+
+def cpu_seconds(worker_pids: list[int]) -> dict[str, float]:
+    """CPU seconds so far of the workers' event-loop threads and their other threads, of RabbitMQ,
+    PostgreSQL and the kernel's workers (file writeback), and the machine's idle time; two readings
+    subtracted tell where a run's CPU went."""
+    totals: dict[str, float] = dict.fromkeys(
+        ("event loop", "other threads", "RabbitMQ", "PostgreSQL", "kernel workers", "idle"), 0.0
+    )
+    for pid in worker_pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            key = "event loop" if task.name == str(pid) else "other threads"
+            totals[key] += _stat_cpu_seconds(task / "stat")
+    for process in Path("/proc").iterdir():
+        if not process.name.isdigit():
+            continue
+        try:
+            name = (process / "comm").read_text().strip()
+            group = "kernel workers" if name.startswith("kworker") else _PROCESS_GROUPS.get(name)
+            if group is not None:
+                totals[group] += _stat_cpu_seconds(process / "stat")
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    totals["idle"] = (int(fields[4]) + int(fields[5])) / _TICKS_PER_SECOND  # idle + iowait
+    return totals
+
+
+def _stat_cpu_seconds(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND  # utime + stime
 
 
 def cycled(photos: list[Path], count: int) -> Iterator[tuple[int, Path]]:
