@@ -27,7 +27,7 @@ from image_grouping.consumer.topology import declare_topology
 from image_grouping.consumer.worker import Route, Worker
 from image_grouping.errors import BadInputError
 from image_grouping.handlers.detection import handle_image_uploaded
-from image_grouping.models.messages import ImageUploaded, ReclusterRequested, new_event
+from image_grouping.models.messages import PERIODIC, ImageUploaded, ReclusterRequested, new_event
 from image_grouping.observability import DETECTION, RECOGNITION, configure_logging, start_metrics_server
 
 log = structlog.get_logger(__name__)
@@ -164,7 +164,7 @@ async def _request_reclusters(publisher: Publisher, settings: Settings) -> None:
     while True:
         await asyncio.sleep(settings.interval_seconds)
         await publisher.publish(
-            new_event(ReclusterRequested(model_pack=settings.model_pack, reason="interval"))
+            new_event(ReclusterRequested(model_pack=settings.model_pack, reason=PERIODIC))
         )
         log.info("recluster requested", interval_seconds=settings.interval_seconds)
 

@@ -5,13 +5,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
+import structlog
 from aio_pika.abc import AbstractQueue
 
 from image_grouping.bootstrap import Adapters
 from image_grouping.consumer.worker import BatchPolicy, Route
 from image_grouping.handlers.detection import handle_image_uploaded
-from image_grouping.models.messages import FacesDetected, ImageUploaded, PersonsUpdated, ReclusterRequested
+from image_grouping.models.messages import (
+    PERIODIC,
+    FacesDetected,
+    ImageUploaded,
+    PersonsUpdated,
+    ReclusterRequested,
+)
 from image_grouping.observability import DETECTION, FACES_FOUND, RECOGNITION
+
+log = structlog.get_logger(__name__)
 
 
 def detection_route(queue: AbstractQueue, adapters: Adapters) -> Route:
@@ -65,12 +74,19 @@ async def handle_faces_detected(events: Sequence[FacesDetected], adapters: Adapt
 
 
 async def handle_recluster_requested(event: ReclusterRequested, adapters: Adapters) -> list[PersonsUpdated]:
-    """Regroup every face of the pack; the recluster queue's single active consumer runs one at a time."""
-    from image_grouping.handlers.recognition import recluster_all
+    """Regroup every face of the pack; the recluster queue's single active consumer runs one at a time.
+    A periodic request that another replica's request of the same interval already served is skipped."""
+    from image_grouping.handlers.recognition import periodic_recluster_due, recluster_all
 
-    model_pack = event.model_pack or adapters.settings.model_pack
+    settings = adapters.settings
+    model_pack = event.model_pack or settings.model_pack
     async with adapters.unit_of_work() as uow:
-        changes = await recluster_all(model_pack, uow, adapters.settings, dry_run=adapters.settings.dry_run)
-        if not adapters.settings.dry_run:
+        if event.reason == PERIODIC and not await periodic_recluster_due(
+            model_pack, uow, settings.interval_seconds
+        ):
+            log.info("periodic recluster skipped: one ran within this interval", model_pack=model_pack)
+            return []
+        changes = await recluster_all(model_pack, uow, settings, dry_run=settings.dry_run)
+        if not settings.dry_run:
             await uow.commit()
     return [PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())]

@@ -8,6 +8,7 @@ publishes as `persons.updated`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,26 @@ from image_grouping.models.persons import PersonChanges
 from image_grouping.models.records import FaceSet, PersonRecord
 
 log = structlog.get_logger(__name__)
+
+# Every replica that runs recognition asks for a recluster each INTERVAL_SECONDS. A periodic request is
+# skipped when a recluster of its pack started less than this share of the interval ago, so replicas
+# together run about one per interval (and a lone replica, whose requests come one interval apart, never
+# skips its own).
+PERIODIC_SKIP_SHARE = 0.9
+
+
+async def periodic_recluster_due(model_pack: str, uow: Any, interval_seconds: float) -> bool:
+    """Whether a periodic recluster request still has work to do: no recluster of the pack has
+    completed that started within the last `PERIODIC_SKIP_SHARE` of the interval."""
+    latest = await uow.runs.latest("recluster")
+    if latest is None or latest["status"] != "done":
+        return True
+    if (latest["stats"] or {}).get("model_pack") != model_pack:
+        return True
+    started: datetime = latest["started_at"]
+    if started.tzinfo is None:  # SQLite keeps no offset; every time stored is UTC
+        started = started.replace(tzinfo=UTC)
+    return datetime.now(UTC) - started >= timedelta(seconds=PERIODIC_SKIP_SHARE * interval_seconds)
 
 
 async def assign_new_faces(

@@ -51,6 +51,9 @@ class FacesDetected(EventData):
     model_pack: str = Field(description="The pack whose embeddings were stored, e.g. buffalo_sc.")
 
 
+PERIODIC = "interval"  # the reason of the requests each replica publishes every INTERVAL_SECONDS
+
+
 class ReclusterRequested(EventData):
     """Regroup all faces of a model pack (periodic or manual); one consumer at a time runs it."""
 

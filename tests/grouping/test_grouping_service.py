@@ -11,7 +11,7 @@ import pytest
 
 from image_grouping.config import Settings
 from image_grouping.evaluation.grouping import LabelledFaces, clustering_scores
-from image_grouping.handlers.recognition import assign_new_faces, recluster_all
+from image_grouping.handlers.recognition import assign_new_faces, periodic_recluster_due, recluster_all
 from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
 from image_grouping.storage import SqlUnitOfWork
 
@@ -211,3 +211,28 @@ async def test_faces_of_another_pack_are_never_grouped_with_the_current_one(
     assert (stored.person_ids == -1).all()
     person = await persons_of(unit_of_work, current, grouping_settings)
     assert any(person_id >= 0 for person_id in person.values())
+
+
+async def test_a_periodic_request_is_skipped_only_after_a_recent_completed_recluster_of_its_pack(
+    unit_of_work: UnitOfWork, grouping_settings: Settings
+) -> None:
+    pack, interval = grouping_settings.model_pack, 900.0
+    async with unit_of_work() as uow:
+        assert await periodic_recluster_due(pack, uow, interval)  # none ran yet
+
+    async with unit_of_work() as uow:
+        run_id = await uow.runs.start("recluster")
+        await uow.commit()
+    async with unit_of_work() as uow:
+        assert await periodic_recluster_due(pack, uow, interval)  # still running, or died: not done
+        await uow.runs.finish(run_id, {"model_pack": pack}, status="failed")
+        await uow.commit()
+    async with unit_of_work() as uow:
+        assert await periodic_recluster_due(pack, uow, interval)
+
+    await recluster(unit_of_work, grouping_settings)  # a completed run of the pack, just now
+    async with unit_of_work() as uow:
+        assert not await periodic_recluster_due(pack, uow, interval)
+        assert await periodic_recluster_due("antelopev2", uow, interval)  # another pack's run serves not
+        # A lone replica asks once per interval: its next request finds the run a whole interval old.
+        assert await periodic_recluster_due(pack, uow, 1e-6)

@@ -17,8 +17,8 @@ import image_grouping.handlers.recognition as recognition
 from image_grouping.consumer.publisher import BrokerPublisher
 from image_grouping.consumer.topology import declare_topology
 from image_grouping.consumer.worker import BatchPolicy, Route, Worker
-from image_grouping.models.messages import EventData, FacesDetected, ReclusterRequested, new_event
-from image_grouping.storage.schema import faces, images
+from image_grouping.models.messages import PERIODIC, EventData, FacesDetected, ReclusterRequested, new_event
+from image_grouping.storage.schema import faces, images, recluster_runs
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +137,21 @@ async def test_a_batch_is_handled_in_one_call_acked_after_it_and_in_order_with_o
     finally:
         await delete_topology(connection, settings)
         await connection.close()
+
+
+async def test_periodic_requests_of_several_replicas_run_one_recluster_and_a_manual_request_runs_anyway(
+    tmp_path: Path, fresh_postgres_url: str, rabbitmq_url: str
+) -> None:
+    settings = service_settings(tmp_path, fresh_postgres_url, rabbitmq_url, service="recognition")
+    async with running_service(settings) as service:
+        # Three replicas' requests of one interval, then an operator's.
+        for reason in (PERIODIC, PERIODIC, PERIODIC, "manual"):
+            await service.bus.publish(ReclusterRequested(reason=reason))
+        await service.bus.wait_persons_updated(2)
+        # Requests are handled in order and a recluster of no faces takes milliseconds: a periodic
+        # request that ran instead of being skipped would announce itself well within this wait.
+        await asyncio.sleep(2)
+        assert [event["changes"]["kind"] for event in service.bus.persons_updated] == ["recluster"] * 2
+        async with service.adapters.engine.connect() as connection:
+            runs = await connection.scalar(select(func.count()).select_from(recluster_runs))
+        assert runs == 2
