@@ -20,11 +20,9 @@ class ThumbnailStore:
     def save(self, image_key: str, face_index: int, jpeg: bytes) -> str:
         """Write atomically (a reader never sees half a file) and return the posix path relative to
         SYSTEM_STORAGE, or the absolute one when the thumbnails live elsewhere."""
-        key = _UNSAFE.sub("_", image_key).lstrip(".") or "_"
-        folder = self._dir / key[:2]  # spread files over subfolders; one folder with millions is slow
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{key}_{face_index}.jpg"
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jpg")
+        target = self._file(image_key, face_index)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
         try:
             os.fchmod(handle, 0o644)  # mkstemp makes it private; the gallery and web servers read it
             with os.fdopen(handle, "wb") as file:
@@ -39,9 +37,22 @@ class ThumbnailStore:
 
     def save_faces(self, image_id: int, analysis: ImageAnalysis) -> list[str]:
         """Every face's thumbnail of one analysed image, in face order. The names derive from the image
-        and the face index, so analysing the same image again overwrites the same files."""
-        image_key = f"{image_id}_{analysis.model_pack}"
-        return [self.save(image_key, index, face.thumbnail_jpeg) for index, face in enumerate(analysis.faces)]
+        and the face index, so analysing the same image again overwrites the same files and removes
+        those of faces it no longer finds."""
+        key = f"{image_id}_{analysis.model_pack}"
+        saved = [self.save(key, index, face.thumbnail_jpeg) for index, face in enumerate(analysis.faces)]
+        # An earlier analysis that found more faces left files past the last index; their rows go with
+        # the same commit. Indexes run without gaps, so the first missing file ends the search.
+        stale = len(saved)
+        while (file := self._file(key, stale)).exists():
+            file.unlink(missing_ok=True)
+            stale += 1
+        return saved
+
+    def _file(self, image_key: str, face_index: int) -> Path:
+        key = _UNSAFE.sub("_", image_key).lstrip(".") or "_"
+        # Spread over subfolders: one folder with millions of files is slow.
+        return self._dir / key[:2] / f"{key}_{face_index}.jpg"
 
     def path_of(self, stored: str) -> Path:
         """The file of a path as `save` returned it."""

@@ -114,3 +114,16 @@ def test_all_faces_of_an_image_are_saved_in_face_order(tmp_path: Path) -> None:
     for path, face in zip(paths, analysis.faces, strict=True):
         assert store.path_of(path).read_bytes() == face.thumbnail_jpeg
     assert store.save_faces(42, analysis) == paths  # analysing again overwrites the same files
+
+
+def test_analysing_again_with_fewer_faces_removes_the_thumbnails_of_the_faces_gone(tmp_path: Path) -> None:
+    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data")
+    analysis = make_analysis(BOXES)
+    first = store.save_faces(42, analysis)
+    other_image = store.save_faces(43, analysis)
+
+    again = store.save_faces(42, replace(analysis, faces=analysis.faces[:1]))
+
+    assert again == first[:1]
+    assert [store.path_of(path).exists() for path in first] == [True, False, False]
+    assert all(store.path_of(path).exists() for path in other_image)
