@@ -72,8 +72,9 @@ async def handle_image_uploaded(event: ImageUploaded, deps: DetectionDeps) -> li
     # One transaction per image: registering the image and storing its faces commit together.
     async with deps.unit_of_work() as uow:
         image = await uow.images.get_or_create(event.image_id, event.path)
-        # The thumbnails are named by the image's id; a commit that fails leaves them to be overwritten
-        # when the message is redelivered.
+        # Written before the commit that records their paths, so a committed face always has its file. A
+        # commit that fails leaves them behind: overwritten by the retry for a known image, orphaned (a
+        # few files per database outage) for a new one, whose retry gets a new id.
         thumbnail_paths = await asyncio.to_thread(deps.thumbnails.save_faces, image.id, analysis)
         face_ids = await uow.save_analysis(image.id, content_hash, len(data), analysis, thumbnail_paths)
         await uow.commit()
