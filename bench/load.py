@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import build_images
-from service_harness import Bus, Harness, cpu_seconds, cycled, detection_photos, percentile
+from service_harness import Bus, Harness, cpu_reading, cpu_spent, cycled, detection_photos, percentile
 
 from image_grouping.config import load_settings
 
@@ -114,9 +114,9 @@ async def service_run(photos: list[Path], count: int, workers: int, paced_count:
         harness.start_workers(workers)
         started = min(harness.ready_at(index) for index in range(workers))
         worker_pids = [harness.workers[index].pid for index in range(workers)]
-        cpu_before = cpu_seconds(worker_pids)
+        cpu_before = cpu_reading(worker_pids)
         await wait_all_detected(bus, [image_id for image_id, _ in backlog], within=3600)
-        cpu_after = cpu_seconds(worker_pids)
+        cpu_after = cpu_reading(worker_pids)
         ids = [image_id for image_id, _ in backlog]
         last_detected = max(bus.detected[image_id][0][0] for image_id in ids)
         throughput = count / (last_detected - started)
@@ -146,7 +146,9 @@ async def service_run(photos: list[Path], count: int, workers: int, paced_count:
             "paced_p99": percentile(paced_latency, 0.99),
             "peak_rss_mib_max": max(peak_rss),
             "peak_rss_mib_total": sum(peak_rss),
-            "cpu_ms_per_image": {key: 1000 * (cpu_after[key] - cpu_before[key]) / count for key in cpu_after},
+            "cpu_ms_per_image": {
+                group: 1000 * seconds / count for group, seconds in cpu_spent(cpu_before, cpu_after).items()
+            },
         }
     finally:
         harness.close()

@@ -5,6 +5,7 @@ records when each `faces.detected` arrives."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -239,19 +240,18 @@ class Bus:
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 # Processes by name whose CPU the service's work costs on this machine besides its own.
 _PROCESS_GROUPS = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL"}
+CPU_GROUPS = ("event loop", "other threads", "RabbitMQ", "PostgreSQL", "kernel workers", "idle")
 
 
-def cpu_seconds(worker_pids: list[int]) -> dict[str, float]:
-    """CPU seconds so far of the workers' event-loop threads and their other threads, of RabbitMQ,
-    PostgreSQL and the kernel's workers (file writeback), and the machine's idle time; two readings
-    subtracted tell where a run's CPU went."""
-    totals: dict[str, float] = dict.fromkeys(
-        ("event loop", "other threads", "RabbitMQ", "PostgreSQL", "kernel workers", "idle"), 0.0
-    )
+def cpu_reading(worker_pids: list[int]) -> dict[tuple[str, str], float]:
+    """CPU seconds so far of each thread of the workers (their event loop, their other threads), of each
+    RabbitMQ, PostgreSQL and kernel worker process (file writeback), and the machine's idle time."""
+    reading: dict[tuple[str, str], float] = {}
     for pid in worker_pids:
         for task in Path(f"/proc/{pid}/task").iterdir():
-            key = "event loop" if task.name == str(pid) else "other threads"
-            totals[key] += _stat_cpu_seconds(task / "stat")
+            group = "event loop" if task.name == str(pid) else "other threads"
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                reading[group, task.name] = _stat_cpu_seconds(task / "stat")
     for process in Path("/proc").iterdir():
         if not process.name.isdigit():
             continue
@@ -259,12 +259,21 @@ def cpu_seconds(worker_pids: list[int]) -> dict[str, float]:
             name = (process / "comm").read_text().strip()
             group = "kernel workers" if name.startswith("kworker") else _PROCESS_GROUPS.get(name)
             if group is not None:
-                totals[group] += _stat_cpu_seconds(process / "stat")
+                reading[group, process.name] = _stat_cpu_seconds(process / "stat")
         except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
             continue
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
-    totals["idle"] = (int(fields[4]) + int(fields[5])) / _TICKS_PER_SECOND  # idle + iowait
-    return totals
+    reading["idle", ""] = (int(fields[4]) + int(fields[5])) / _TICKS_PER_SECOND  # idle + iowait
+    return reading
+
+
+def cpu_spent(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[str, float]:
+    """Seconds each group spent between two readings. What started in between counts whole; what ended in
+    between cannot be read any more and is left out."""
+    spent = dict.fromkeys(CPU_GROUPS, 0.0)
+    for key, seconds in after.items():
+        spent[key[0]] += seconds - before.get(key, 0.0)
+    return spent
 
 
 def _stat_cpu_seconds(stat: Path) -> float:
