@@ -252,11 +252,15 @@ class Worker:
             elapsed = time.perf_counter() - started
             MESSAGES_HANDLED.labels(event_type).inc(len(deliveries))
             PROCESSING_SECONDS.labels(event_type).observe(elapsed)
-            log.info(
-                "message handled" if len(deliveries) == 1 else "batch handled",
-                seconds=round(elapsed, 3),
-                published=[d.event_type for d in outgoing],
-            )
+            # A line per message, with its own ids, also when it was handled in a batch.
+            for each in deliveries:
+                log.info(
+                    "message handled",
+                    message_id=each.message.message_id,
+                    image_id=getattr(each.event.data, "image_id", None),
+                    seconds=round(elapsed, 3),
+                    published=[d.event_type for d in outgoing],
+                )
 
     async def _handle_with_retries(
         self, route: Route, deliveries: Sequence[_Delivery]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,43 +43,81 @@ class DetectionDeps:
 
 
 async def handle_image_uploaded(event: ImageUploaded, deps: DetectionDeps) -> list[FacesDetected]:
-    """Analyse the image and commit its faces; idempotent, so a redelivered message stores them once.
+    """One image: `handle_images_uploaded` of a batch of one."""
+    return await handle_images_uploaded([event], deps)
+
+
+async def handle_images_uploaded(events: Sequence[ImageUploaded], deps: DetectionDeps) -> list[FacesDetected]:
+    """Analyse the images side by side and commit their faces in one transaction; idempotent, so a
+    redelivered message stores its faces once. One `faces.detected` per event, in their order.
 
     Raises BadInputError (a path outside the images root, a missing, unreadable or oversized image) after
-    marking the image failed; anything else is transient and the consumer retries it.
+    marking that image failed, and stores nothing of the batch: the consumer then handles its messages
+    one by one. Anything else is transient and the consumer retries it.
     """
+    outcomes = await asyncio.gather(*(_load(event, deps) for event in events), return_exceptions=True)
+    loaded: list[_Loaded] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        loaded.append(outcome)
     if deps.dry_run:
-        path = deps.paths.resolve(event.path)
-        data, _ = await asyncio.to_thread(read_image_file, path, deps.max_image_bytes)
-        analysis = await deps.analyzer.analyze_async(data)
-        log.info("dry run: faces found, nothing written", faces=len(analysis.faces))
-        return [_faces_detected(event, [], analysis.model_pack)]
+        faces = sum(len(item.analysis.faces) for item in loaded)
+        log.info("dry run: faces found, nothing written", faces=faces)
+        return [
+            _faces_detected(event, [], item.analysis.model_pack)
+            for event, item in zip(events, loaded, strict=True)
+        ]
 
+    # One transaction: fewer round trips and commits per image, where the service spends its time.
+    async with deps.unit_of_work() as uow:
+        images = [await uow.images.get_or_create(event.image_id, event.path) for event in events]
+        # Written before the commit that records their paths, so a committed face always has its file. A
+        # commit that fails leaves them behind: overwritten by the retry for a known image, orphaned (a
+        # few files per database outage) for a new one, whose retry gets a new id.
+        thumbnail_paths = await asyncio.to_thread(
+            lambda: [
+                deps.thumbnails.save_faces(image.id, item.analysis)
+                for image, item in zip(images, loaded, strict=True)
+            ]
+        )
+        face_ids = [
+            await uow.save_analysis(image.id, item.content_hash, item.size_bytes, item.analysis, paths)
+            for image, item, paths in zip(images, loaded, thumbnail_paths, strict=True)
+        ]
+        await uow.commit()
+    log.debug("faces stored", images=len(events), faces=sum(len(ids) for ids in face_ids))
+    return [
+        _faces_detected(event, ids, item.analysis.model_pack)
+        for event, ids, item in zip(events, face_ids, loaded, strict=True)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    content_hash: str
+    size_bytes: int
+    analysis: ImageAnalysis
+
+
+async def _load(event: ImageUploaded, deps: DetectionDeps) -> _Loaded:
+    """Read and analyse one image; bad input is recorded (outside a dry run) and raised."""
     try:
         path = deps.paths.resolve(event.path)
         data, content_hash = await asyncio.to_thread(read_image_file, path, deps.max_image_bytes)
     except BadInputError as error:
         # Recorded, so MODE=oneshot does not take it up again.
-        await _register_failed(deps, event, error)
+        if not deps.dry_run:
+            await _register_failed(deps, event, error)
         raise
     try:
         analysis = await deps.analyzer.analyze_async(data)
     except BadInputError as error:
         # With the hash, the same bytes under another path are known bad too.
-        await _register_failed(deps, event, error, content_hash, deps.analyzer.model_pack)
+        if not deps.dry_run:
+            await _register_failed(deps, event, error, content_hash, deps.analyzer.model_pack)
         raise
-
-    # One transaction per image: registering the image and storing its faces commit together.
-    async with deps.unit_of_work() as uow:
-        image = await uow.images.get_or_create(event.image_id, event.path)
-        # Written before the commit that records their paths, so a committed face always has its file. A
-        # commit that fails leaves them behind: overwritten by the retry for a known image, orphaned (a
-        # few files per database outage) for a new one, whose retry gets a new id.
-        thumbnail_paths = await asyncio.to_thread(deps.thumbnails.save_faces, image.id, analysis)
-        face_ids = await uow.save_analysis(image.id, content_hash, len(data), analysis, thumbnail_paths)
-        await uow.commit()
-    log.info("faces stored", faces=len(face_ids), db_image_id=image.id)
-    return [_faces_detected(event, face_ids, analysis.model_pack)]
+    return _Loaded(content_hash, len(data), analysis)
 
 
 async def _register_failed(

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import uuid
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import aio_pika
 import pytest
+from service_helpers import add_photo, delete_topology, service_settings
 from sqlalchemy import func, select
 
-from image_grouping.consumer.publisher import DETAIL_HEADER, REASON_HEADER
+from image_grouping.bootstrap import bootstrap
+from image_grouping.consumer import routes
+from image_grouping.consumer.publisher import DETAIL_HEADER, REASON_HEADER, BrokerPublisher
+from image_grouping.consumer.routes import detection_route
+from image_grouping.consumer.topology import declare_topology
+from image_grouping.consumer.worker import Worker
+from image_grouping.models.messages import ImageUploaded, new_event
+from image_grouping.storage.repositories import path_key
 from image_grouping.storage.schema import faces, images
 
 if TYPE_CHECKING:
@@ -125,3 +136,76 @@ async def test_bad_input_is_dead_lettered_with_its_reason_and_does_not_block(
     assert reasons == expected
     assert all(letter.headers[DETAIL_HEADER] for letter in letters)
     await service.bus.wait_detected({good_id})  # the queue kept flowing
+
+
+async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_batch_is_handled_alone(
+    tmp_path: Path, postgres_url: str, rabbitmq_url: str, eval_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = service_settings(
+        tmp_path, postgres_url, rabbitmq_url, max_in_flight=4, detection_batch_size=4, prefetch_count=8
+    )
+    handled: list[list[str]] = []  # the image ids of each handler call, in order
+    handle = routes.handle_images_uploaded
+
+    async def recorded(events: Sequence[ImageUploaded], deps: Any) -> Any:
+        handled.append([event.image_id for event in events])
+        return await handle(events, deps)
+
+    monkeypatch.setattr(routes, "handle_images_uploaded", recorded)
+    uploads = {
+        name: add_photo(settings, eval_dir / "groups" / photo, name)
+        for name, photo in (
+            ("e", PHOTOS[0]),
+            ("f", PHOTOS[1]),
+            ("a", PHOTOS[2]),
+            ("b", PHOTOS[0]),
+            ("d", PHOTOS[1]),
+        )
+    }
+    uploads["c"] = f"{DB_PREFIX}/c/missing.jpg"
+    order = ["e", "f", "a", "b", "c", "d"]
+
+    adapters = await bootstrap(settings)
+    connection = await aio_pika.connect_robust(rabbitmq_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=settings.prefetch_count)
+        topology = await declare_topology(channel, settings)
+        for image_id in order:  # all queued before the worker starts, so the batches are known
+            event = new_event(ImageUploaded(image_id=image_id, path=uploads[image_id]))
+            await topology.exchange.publish(aio_pika.Message(event.to_json()), "image.uploaded")
+        publisher = BrokerPublisher(topology.exchange, topology.dead_letter_exchange)
+        worker = Worker(
+            [detection_route(topology.upload_queue, adapters)], publisher, adapters.probe_database
+        )
+        await worker.start()
+        async with asyncio.timeout(60):
+            while sum(len(call) for call in handled) < 8:  # noqa: ASYNC110 - polls what the handler saw
+                await asyncio.sleep(0.1)
+        await worker.drain(grace_seconds=10)
+
+        # Four to a batch; the batch with the missing image is handled again one message at a time.
+        assert handled == [["e", "f", "a", "b"], ["c", "d"], ["c"], ["d"]]
+        check = await connection.channel()
+        detected = await check.declare_queue(settings.recluster_queue, passive=True)
+        assert detected.declaration_result.message_count == 5  # one faces.detected per good upload
+        dead = await check.get_queue(settings.dead_letter_queue)
+        letter = await dead.get(timeout=5)
+        assert letter.headers[REASON_HEADER] == "image_not_found"
+        async with adapters.engine.connect() as connection_db:
+            stored = dict(
+                (
+                    await connection_db.execute(
+                        select(images.c.source_id, func.count(faces.c.id))
+                        .join(faces, faces.c.image_id == images.c.id)
+                        .where(images.c.path_key.in_([path_key(path) for path in uploads.values()]))
+                        .group_by(images.c.source_id)
+                    )
+                ).all()
+            )
+        assert set(stored) == {"e", "f", "a", "b", "d"}
+        assert all(count >= 1 for count in stored.values())
+    finally:
+        await delete_topology(connection, settings)
+        await connection.close()
+        await adapters.close()
