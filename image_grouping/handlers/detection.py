@@ -71,7 +71,7 @@ async def handle_images_uploaded(events: Sequence[ImageUploaded], deps: Detectio
 
     # One transaction: fewer round trips and commits per image, where the service spends its time.
     async with deps.unit_of_work() as uow:
-        images = [await uow.images.get_or_create(event.image_id, event.path) for event in events]
+        images = await uow.images.get_or_create_many([(event.image_id, event.path) for event in events])
         # Written before the commit that records their paths, so a committed face always has its file. A
         # commit that fails leaves them behind: overwritten by the retry for a known image, orphaned (a
         # few files per database outage) for a new one, whose retry gets a new id.

@@ -167,6 +167,39 @@ class ImageRepository:
             processed_at=None,
         )
 
+    async def get_or_create_many(self, registrations: Sequence[tuple[str | None, str]]) -> list[ImageRecord]:
+        """`get_or_create` of several (source id, path) pairs, in their order, with a few statements in
+        all instead of a few each; a path given twice gets its one row twice."""
+        keys = [path_key(source_path) for _, source_path in registrations]
+        found = await self._by_keys(keys)
+        new = {key: each for key, each in zip(keys, registrations, strict=True) if key not in found}
+        if new:
+            rows = [
+                {
+                    "source_id": source_id,
+                    "source_path": source_path,
+                    "path_key": key,
+                    "status": "pending",
+                    "created_at": _now(),
+                }
+                for key, (source_id, source_path) in new.items()
+            ]
+            try:
+                async with self._connection.begin_nested():
+                    await self._connection.execute(insert(images), rows)
+            except IntegrityError:  # another worker registered one of them meanwhile: one at a time
+                log.debug("images registered concurrently", count=len(new))
+                return [await self.get_or_create(source_id, path) for source_id, path in registrations]
+            found |= await self._by_keys(list(new))
+        return [found[key] for key in keys]
+
+    async def _by_keys(self, keys: Sequence[str]) -> dict[str, ImageRecord]:
+        records: dict[str, ImageRecord] = {}
+        for chunk in _chunks(sorted(set(keys))):
+            for row in await self._connection.execute(select(images).where(images.c.path_key.in_(chunk))):
+                records[row.path_key] = _image(row)
+        return records
+
     async def _by_key(self, key: str) -> ImageRecord | None:
         row = (await self._connection.execute(select(images).where(images.c.path_key == key))).first()
         return _image(row) if row else None

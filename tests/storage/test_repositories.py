@@ -280,6 +280,44 @@ async def test_concurrent_registration_of_one_path_gives_one_image(uow_factory: 
         assert [image.id for image in await uow.images.pending(10)] == [first]
 
 
+async def test_many_images_are_registered_at_once_in_their_order(uow_factory: UowFactory) -> None:
+    async with uow_factory() as uow:
+        known = await uow.images.get_or_create("upload-k", "//srv/files/k.jpg")
+        await uow.commit()
+    paths = ["\\\\srv\\files\\k.jpg", "//srv/files/q.jpg", "//srv/files/r.jpg", "//srv/files/q.jpg"]
+    async with uow_factory() as uow:
+        registered = await uow.images.get_or_create_many([(f"up-{n}", path) for n, path in enumerate(paths)])
+        await uow.commit()
+    ids = [image.id for image in registered]
+    assert ids[0] == known.id
+    assert ids[1] == ids[3] != ids[2]
+    assert [image.source_path for image in registered[1:3]] == paths[1:3]
+    assert [image.status for image in registered] == ["pending"] * 4
+    async with uow_factory() as uow:
+        again = await uow.images.get_or_create_many([(None, path) for path in paths])
+        one_by_one = [await uow.images.get_or_create(None, path) for path in paths]
+    assert [image.id for image in again] == [image.id for image in one_by_one] == ids
+
+
+async def test_concurrent_registration_of_overlapping_batches_gives_one_image_per_path(
+    uow_factory: UowFactory,
+) -> None:
+    async def register(paths: list[str]) -> list[int]:
+        async with uow_factory() as uow:
+            images = await uow.images.get_or_create_many([(None, path) for path in paths])
+            await asyncio.sleep(0.05)  # hold the transaction open while the other registers
+            await uow.commit()
+            return [image.id for image in images]
+
+    first, second = await asyncio.gather(
+        register(["//srv/files/s.jpg", "//srv/files/t.jpg"]),
+        register(["//srv/files/t.jpg", "//srv/files/u.jpg"]),
+    )
+    assert first[1] == second[0]
+    async with uow_factory() as uow:
+        assert sorted(image.id for image in await uow.images.pending(10)) == sorted({*first, *second})
+
+
 async def test_recluster_runs_are_logged(uow_factory: UowFactory) -> None:
     async with uow_factory() as uow:
         run_id = await uow.runs.start("full")
