@@ -47,6 +47,7 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
             await uow.commit()
     async with uow_factory() as uow:
         image = await uow.images.get_or_create(None, "//srv/files/0.jpg")  # existing
+        await uow.images.get_or_create_many([(None, "//srv/files/1.jpg"), ("id-new", "//srv/files/new.jpg")])
         await uow.save_analysis(
             image.id, "h0", 10, make_analysis([*boxes[:-3], (0.0, 50.0, 9.0, 60.0)], 9), ["t"] * 498
         )
