@@ -9,14 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete
+from database_helpers import emptied, migrated_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.config import Settings, load_settings
 from image_grouping.evaluation.grouping import LabelledFaces, load_labelled_faces
-from image_grouping.storage import SqlUnitOfWork, ensure_schema
-from image_grouping.storage.database import async_url, engine_for_url
-from image_grouping.storage.schema import cannot_links, faces, images, persons, recluster_runs
+from image_grouping.storage import SqlUnitOfWork
 
 IDENTITIES = 24  # people with 6+ photos, every few names in alphabetical order
 PHOTOS_PER_IDENTITY = 10
@@ -61,16 +59,11 @@ async def grouping_engine(
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('grouping') / 'test.sqlite3'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    engine = engine_for_url(async_url(url))
-    await ensure_schema(engine)
-    yield engine
-    await engine.dispose()
+    async with migrated_engine(url) as engine:
+        yield engine
 
 
 @pytest.fixture
 async def unit_of_work(grouping_engine: AsyncEngine) -> Callable[[], SqlUnitOfWork]:
     """A factory of units of work on an emptied database."""
-    async with grouping_engine.begin() as connection:
-        for table in (cannot_links, faces, persons, images, recluster_runs):
-            await connection.execute(delete(table))
-    return lambda: SqlUnitOfWork(grouping_engine)
+    return await emptied(grouping_engine)

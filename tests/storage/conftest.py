@@ -7,12 +7,11 @@ import os
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-from sqlalchemy import delete
+from database_helpers import emptied, migrated_engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from image_grouping.storage import SqlUnitOfWork, ensure_schema
-from image_grouping.storage.database import async_url, engine_for_url, odbc_url
-from image_grouping.storage.schema import cannot_links, faces, images, persons, recluster_runs
+from image_grouping.storage import SqlUnitOfWork
+from image_grouping.storage.database import odbc_url
 
 POSTGRES_ADMIN_DSN = os.environ.get("POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 MSSQL_URL = os.environ.get("MSSQL_URL")
@@ -40,15 +39,10 @@ async def engine(
         url = request.getfixturevalue("postgres_url")
     else:
         url = MSSQL_URL if "://" in MSSQL_URL else odbc_url(MSSQL_URL)  # a URL or an ODBC string
-    engine = engine_for_url(async_url(url))
-    await ensure_schema(engine)
-    yield engine
-    await engine.dispose()
+    async with migrated_engine(url) as engine:
+        yield engine
 
 
 @pytest.fixture
 async def uow_factory(engine: AsyncEngine) -> Callable[[], SqlUnitOfWork]:
-    async with engine.begin() as connection:
-        for table in (cannot_links, faces, persons, images, recluster_runs):
-            await connection.execute(delete(table))
-    return lambda: SqlUnitOfWork(engine)
+    return await emptied(engine)
