@@ -252,6 +252,7 @@ class Worker:
             elapsed = time.perf_counter() - started
             MESSAGES_HANDLED.labels(event_type).inc(len(deliveries))
             PROCESSING_SECONDS.labels(event_type).observe(elapsed)
+            published = [data.event_type for data in outgoing]
             # A line per message, with its own ids, also when it was handled in a batch.
             for each in deliveries:
                 log.info(
@@ -259,7 +260,7 @@ class Worker:
                     message_id=each.message.message_id,
                     image_id=getattr(each.event.data, "image_id", None),
                     seconds=round(elapsed, 3),
-                    published=[d.event_type for d in outgoing],
+                    published=published,
                 )
 
     async def _handle_with_retries(

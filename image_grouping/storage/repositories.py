@@ -133,7 +133,7 @@ class ImageRepository:
         the unique key inside a savepoint and reads the winner's row.
         """
         key = path_key(source_path)
-        found = await self._by_key(key)
+        found = (await self._by_keys([key])).get(key)
         if found is not None:
             return found
         try:
@@ -149,7 +149,7 @@ class ImageRepository:
                 )
         except IntegrityError:
             log.debug("image registered concurrently", source_path=source_path)
-            found = await self._by_key(key)
+            found = (await self._by_keys([key])).get(key)
             if found is None:
                 raise
             return found
@@ -199,10 +199,6 @@ class ImageRepository:
             for row in await self._connection.execute(select(images).where(images.c.path_key.in_(chunk))):
                 records[row.path_key] = _image(row)
         return records
-
-    async def _by_key(self, key: str) -> ImageRecord | None:
-        row = (await self._connection.execute(select(images).where(images.c.path_key == key))).first()
-        return _image(row) if row else None
 
     async def find_processed(self, content_hash: str, model_pack: str) -> ImageRecord | None:
         """An image with these bytes already analysed by this pack (or refused as bad input)."""
