@@ -13,6 +13,7 @@ import structlog
 from image_grouping.errors import BadInputError
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.messages import FacesDetected, ImageUploaded
+from image_grouping.models.records import ImageResult
 from image_grouping.storage import SqlUnitOfWork, read_image_file
 
 log = structlog.get_logger(__name__)
@@ -81,10 +82,12 @@ async def handle_images_uploaded(events: Sequence[ImageUploaded], deps: Detectio
                 for image, item in zip(images, loaded, strict=True)
             ]
         )
-        face_ids = [
-            await uow.save_analysis(image.id, item.content_hash, item.size_bytes, item.analysis, paths)
-            for image, item, paths in zip(images, loaded, thumbnail_paths, strict=True)
-        ]
+        face_ids = await uow.save_analyses(
+            [
+                ImageResult(image.id, item.content_hash, item.size_bytes, item.analysis, paths)
+                for image, item, paths in zip(images, loaded, thumbnail_paths, strict=True)
+            ]
+        )
         await uow.commit()
     log.debug("faces stored", images=len(events), faces=sum(len(ids) for ids in face_ids))
     return [

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Literal
 
 import numpy as np
+
+from image_grouping.models.faces import ImageAnalysis
 
 ImageStatus = Literal["pending", "done", "failed"]
 
@@ -24,6 +27,17 @@ class ImageRecord:
     model_pack: str | None
     error: str | None
     processed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    """One image's analysis as the data layer stores it, with a thumbnail path (or None) per face."""
+
+    image_id: int
+    content_hash: str  # sha256 hex of the file's bytes
+    size_bytes: int
+    analysis: ImageAnalysis
+    thumbnail_paths: Sequence[str | None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.faces import DetectedFace, ImageAnalysis
-from image_grouping.models.records import FaceSet, ImageRecord, PersonRecord
+from image_grouping.models.records import FaceSet, ImageRecord, ImageResult, PersonRecord
 from image_grouping.storage.schema import (
     AUTOMATIC,
     BY_HAND,
@@ -109,6 +109,30 @@ def _face_values(face: DetectedFace, index: int, thumbnail_path: str | None) -> 
         "embedding": np.asarray(face.embedding, "<f4").ravel().tobytes(),
         "updated_at": _now(),
     }
+
+
+def _face_changes(
+    image_id: int, result: ImageResult, old: Sequence[tuple[Any, ...]]
+) -> tuple[list[int], list[dict[str, Any]], list[dict[str, Any]]]:
+    """How one image's faces change: the ids of old faces no longer found, the updates of those found
+    again (box IoU >= 0.5: same id and person), the rows of new ones. `old`: (id, x1, y1, x2, y2)."""
+    new_boxes = np.array([face.box for face in result.analysis.faces], np.float64).reshape(-1, 4)
+    old_boxes = np.array([row[1:] for row in old], np.float64).reshape(-1, 4)
+    pairs = match_boxes(old_boxes, new_boxes)
+    kept_ids = {old[old_index][0] for old_index in pairs.values()}
+    gone = [row[0] for row in old if row[0] not in kept_ids]
+    updates, inserts = [], []
+    for index, (face, thumbnail) in enumerate(
+        zip(result.analysis.faces, result.thumbnail_paths, strict=True)
+    ):
+        values = _face_values(face, index, thumbnail)
+        if index in pairs:
+            # bind names must differ from column names in an UPDATE's SET clause
+            updates.append({"face_id": old[pairs[index]][0]} | {f"new_{k}": v for k, v in values.items()})
+        else:
+            new_face = {"image_id": image_id, "model_pack": result.analysis.model_pack, "person_id": None}
+            inserts.append(values | new_face | {"assigned_by": AUTOMATIC, "created_at": values["updated_at"]})
+    return gone, updates, inserts
 
 
 def _analysed_by_other_pack(model_pack: str, from_pack: str | None) -> ColumnElement[bool]:
@@ -252,69 +276,81 @@ class ImageRepository:
         analysis: ImageAnalysis,
         thumbnail_paths: Sequence[str | None],
     ) -> list[int]:
-        """Store one image's result, replacing what an earlier run stored for the same pack.
+        """`save_analyses` of one image: its face ids in the order of `analysis.faces`."""
+        result = ImageResult(image_id, content_hash, size_bytes, analysis, thumbnail_paths)
+        (face_ids,) = await self.save_analyses([result])
+        return face_ids
+
+    async def save_analyses(self, results: Sequence[ImageResult]) -> list[list[int]]:
+        """Store the images' results, replacing what earlier runs stored for the same pack, with a few
+        statements for the whole batch rather than a few per image.
 
         Idempotent: re-detected faces (box IoU >= 0.5) keep their id and person, so a redelivered
         message changes nothing and manual edits survive; faces no longer found are removed, new ones
-        added. Updating the image row first locks it, so a second worker writing the same image waits
-        and then sees this one's faces; the unique (image, pack, index) key backs that up.
-        Returns the face ids in the order of `analysis.faces`.
+        added. The image rows are updated first, in id order: that locks them, so a second worker writing
+        the same images waits (taking its locks in the same order, so it cannot deadlock) and then sees
+        these faces; the unique (image, pack, index) key backs that up. An image given twice keeps its
+        last result. Returns each result's face ids, in the order of its faces.
         """
-        if len(thumbnail_paths) != len(analysis.faces):
+        latest = {result.image_id: result for result in results}
+        if any(len(each.thumbnail_paths) != len(each.analysis.faces) for each in latest.values()):
             raise ValueError("one thumbnail path per face is needed")
-        connection, pack = self._connection, analysis.model_pack
-        locked = await connection.execute(
+        image_ids = sorted(latest)
+        if not image_ids:
+            return []
+        connection, now = self._connection, _now()
+        # bind names must differ from column names in an UPDATE's SET clause
+        await connection.execute(
             update(images)
-            .where(images.c.id == image_id)
+            .where(images.c.id == bindparam("image_id"))
             .values(
                 status="done",
-                content_hash=content_hash,
-                size_bytes=size_bytes,
-                width=analysis.width,
-                height=analysis.height,
-                model_pack=pack,
+                content_hash=bindparam("new_content_hash"),
+                size_bytes=bindparam("new_size_bytes"),
+                width=bindparam("new_width"),
+                height=bindparam("new_height"),
+                model_pack=bindparam("new_model_pack"),
                 error=None,
-                processed_at=_now(),
-            )
+                processed_at=now,
+            ),
+            [
+                {
+                    "image_id": image_id,
+                    "new_content_hash": latest[image_id].content_hash,
+                    "new_size_bytes": latest[image_id].size_bytes,
+                    "new_width": latest[image_id].analysis.width,
+                    "new_height": latest[image_id].analysis.height,
+                    "new_model_pack": latest[image_id].analysis.model_pack,
+                }
+                for image_id in image_ids
+            ],
         )
-        if locked.rowcount == 0:
-            raise LookupError(f"no image with id {image_id}")
+        old_faces = await self._current_faces(image_ids)
+        if missing := [image_id for image_id in image_ids if image_id not in old_faces]:
+            raise LookupError(f"no image with id {missing[0]}")
 
-        of_this_image = and_(faces.c.image_id == image_id, faces.c.model_pack == pack)
-        old = (
-            await connection.execute(
-                select(faces.c.id, faces.c.box_x1, faces.c.box_y1, faces.c.box_x2, faces.c.box_y2)
-                .where(of_this_image)
-                .order_by(faces.c.face_index)
-            )
-        ).all()
-        new_boxes = np.array([face.box for face in analysis.faces], np.float64).reshape(-1, 4)
-        old_boxes = np.array([row[1:] for row in old], np.float64).reshape(-1, 4)
-        pairs = match_boxes(old_boxes, new_boxes)
-        kept_ids = {old[old_index].id for old_index in pairs.values()}
-        gone_ids = [row.id for row in old if row.id not in kept_ids]
+        old_ids: list[int] = []
+        gone_ids: list[int] = []
+        updates: list[dict[str, Any]] = []
+        inserts: list[dict[str, Any]] = []
+        for image_id in image_ids:
+            old = old_faces[image_id]
+            old_ids += [row[0] for row in old]
+            gone, kept, new = _face_changes(image_id, latest[image_id], old)
+            gone_ids += gone
+            updates += kept
+            inserts += new
 
-        if old:  # move old indexes out of the way so re-numbering never collides with the unique key
+        # Old indexes move out of the way first, so re-numbering never collides with the unique key.
+        for chunk in _chunks(old_ids):
             await connection.execute(
-                update(faces).where(of_this_image).values(face_index=-1 - faces.c.face_index)
+                update(faces).where(faces.c.id.in_(chunk)).values(face_index=-1 - faces.c.face_index)
             )
         for chunk in _chunks(gone_ids):
             await connection.execute(
                 update(persons).where(persons.c.cover_face_id.in_(chunk)).values(cover_face_id=None)
             )
             await connection.execute(delete(faces).where(faces.c.id.in_(chunk)))
-
-        updates, inserts = [], []
-        for index, (face, thumbnail) in enumerate(zip(analysis.faces, thumbnail_paths, strict=True)):
-            values = _face_values(face, index, thumbnail)
-            if index in pairs:
-                # bind names must differ from column names in an UPDATE's SET clause
-                updates.append({"face_id": old[pairs[index]].id} | {f"new_{k}": v for k, v in values.items()})
-            else:
-                new_face = {"image_id": image_id, "model_pack": pack, "person_id": None}
-                inserts.append(
-                    values | new_face | {"assigned_by": AUTOMATIC, "created_at": values["updated_at"]}
-                )
         if updates:
             columns = {name[4:]: bindparam(name) for name in updates[0] if name != "face_id"}
             await connection.execute(
@@ -323,18 +359,35 @@ class ImageRepository:
         if inserts:
             await connection.execute(insert(faces), inserts)
 
-        stored = await connection.execute(
-            select(faces.c.id).where(of_this_image).order_by(faces.c.face_index)
-        )
-        face_ids = list(stored.scalars())
+        stored = {
+            image_id: [row[0] for row in rows]
+            for image_id, rows in (await self._current_faces(image_ids)).items()
+        }
         log.debug(
-            "analysis saved",
-            image_id=image_id,
-            faces=len(face_ids),
-            kept=len(kept_ids),
+            "analyses saved",
+            images=len(image_ids),
+            faces=sum(map(len, stored.values())),
+            kept=len(old_ids) - len(gone_ids),
             removed=len(gone_ids),
         )
-        return face_ids
+        return [stored[result.image_id] for result in results]
+
+    async def _current_faces(self, image_ids: Sequence[int]) -> dict[int, list[tuple[Any, ...]]]:
+        """(id, x1, y1, x2, y2) of the faces of each image from its current pack, in face order; every
+        image that exists has an entry, an empty one if it has no faces."""
+        current = and_(faces.c.image_id == images.c.id, faces.c.model_pack == images.c.model_pack)
+        query = (
+            select(images.c.id, faces.c.id, faces.c.box_x1, faces.c.box_y1, faces.c.box_x2, faces.c.box_y2)
+            .select_from(images.outerjoin(faces, current))
+            .order_by(images.c.id, faces.c.face_index)
+        )
+        found: dict[int, list[tuple[Any, ...]]] = {}
+        for chunk in _chunks(image_ids):
+            for image_id, *face in await self._connection.execute(query.where(images.c.id.in_(chunk))):
+                rows = found.setdefault(image_id, [])
+                if face[0] is not None:  # the outer join's row of an image without faces
+                    rows.append(tuple(face))
+        return found
 
 
 _GROUPING_COLUMNS = (

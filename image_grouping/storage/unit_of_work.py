@@ -8,6 +8,7 @@ from types import TracebackType
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from image_grouping.models.faces import ImageAnalysis
+from image_grouping.models.records import ImageResult
 from image_grouping.storage.repositories import (
     FaceRepository,
     ImageRepository,
@@ -78,3 +79,7 @@ class SqlUnitOfWork:
     ) -> list[int]:
         """See `ImageRepository.save_analysis`: the idempotent write of one image's result."""
         return await self.images.save_analysis(image_id, content_hash, size_bytes, analysis, thumbnail_paths)
+
+    async def save_analyses(self, results: Sequence[ImageResult]) -> list[list[int]]:
+        """See `ImageRepository.save_analyses`: `save_analysis` of several images, in a few statements."""
+        return await self.images.save_analyses(results)

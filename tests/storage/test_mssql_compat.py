@@ -16,6 +16,7 @@ from sqlalchemy.dialects import mssql
 from sqlalchemy.sql import ClauseElement
 from storage_factories import PACK, make_analysis
 
+from image_grouping.models.records import ImageResult
 from image_grouping.storage import SqlUnitOfWork, ensure_schema
 from image_grouping.storage.database import async_url, engine_for_url
 
@@ -47,7 +48,12 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
             await uow.commit()
     async with uow_factory() as uow:
         image = await uow.images.get_or_create(None, "//srv/files/0.jpg")  # existing
-        await uow.images.get_or_create_many([(None, "//srv/files/1.jpg"), ("id-new", "//srv/files/new.jpg")])
+        registered = await uow.images.get_or_create_many(
+            [(None, "//srv/files/1.jpg"), ("id-new", "//srv/files/new.jpg")]
+        )
+        await uow.save_analyses(
+            [ImageResult(each.id, "h", 1, make_analysis(boxes[:2], 7), ["t"] * 2) for each in registered]
+        )
         await uow.save_analysis(
             image.id, "h0", 10, make_analysis([*boxes[:-3], (0.0, 50.0, 9.0, 60.0)], 9), ["t"] * 498
         )

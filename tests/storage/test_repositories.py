@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from storage_factories import BOXES, PACK, make_analysis
 
+from image_grouping.models.records import ImageResult
 from image_grouping.storage import SqlUnitOfWork
 from image_grouping.storage.schema import faces
 
@@ -131,6 +134,108 @@ async def test_a_crash_while_writing_an_image_leaves_no_partial_rows(uow_factory
         assert await uow.images.get(image.id) == image_before
         assert (await uow.images.get_or_create(None, "//srv/files/f.jpg")).status == "pending"
         assert len(await uow.faces.load_by_ids(first)) == 3
+
+
+async def test_a_batch_of_analyses_is_stored_as_each_image_alone(uow_factory: UowFactory) -> None:
+    known = await store(uow_factory, "//srv/files/a1.jpg")
+    async with uow_factory() as uow:
+        alice = await uow.persons.create(name="Alice")
+        await uow.faces.assign_by_hand(known[1], alice)
+        await uow.commit()
+
+    moved = [(302.0, 42.0, 381.0, 141.0), (900.0, 20.0, 960.0, 90.0)]  # the second face again, and a new one
+    paths = ["//srv/files/a1.jpg", "//srv/files/b1.jpg", "//srv/files/c1.jpg", "//srv/files/b1.jpg"]
+    analyses = [
+        make_analysis(moved, 1),
+        make_analysis(BOXES[:2], 2),
+        make_analysis([]),
+        make_analysis(BOXES, 3),
+    ]
+    async with uow_factory() as uow:
+        images = await uow.images.get_or_create_many([(None, path) for path in paths])
+        results = [
+            ImageResult(
+                image.id, f"hash-{n}", 10 + n, analysis, [f"t/{n}_{i}" for i in range(len(analysis.faces))]
+            )
+            for n, (image, analysis) in enumerate(zip(images, analyses, strict=True))
+        ]
+        saved = await uow.save_analyses(results)
+        await uow.commit()
+
+    assert saved[0][0] == known[1]  # found again by its box
+    assert saved[0][1] not in known  # a new face
+    assert len(saved[1]) == len(saved[3]) == 3  # b given twice: its last result, for both
+    assert saved[1] == saved[3]
+    assert saved[2] == []
+    rows = {row.id: row for row in await face_rows(uow_factory)}
+    assert set(rows) == {*saved[0], *saved[3]}  # a's two other old faces are gone
+    assert (rows[known[1]].person_id, rows[known[1]].assigned_by) == (alice, "manual")
+    assert [rows[face_id].face_index for face_id in saved[0]] == [0, 1]
+    async with uow_factory() as uow:
+        stored_images = [await uow.images.get(image.id) for image in images[:3]]
+        stored_b = await uow.faces.load_by_ids(saved[3])
+    assert [(image.status, image.content_hash, image.size_bytes) for image in stored_images] == [
+        ("done", "hash-0", 10),
+        ("done", "hash-3", 13),
+        ("done", "hash-2", 12),
+    ]
+    np.testing.assert_array_equal(
+        stored_b.embeddings, np.stack([face.embedding for face in analyses[3].faces])
+    )
+
+
+async def test_a_batch_naming_a_missing_image_stores_nothing(uow_factory: UowFactory) -> None:
+    async with uow_factory() as uow:
+        image = await uow.images.get_or_create(None, "//srv/files/d1.jpg")
+        await uow.commit()
+    batch = [
+        ImageResult(image.id, "h", 1, make_analysis(BOXES), [None] * 3),
+        ImageResult(10**9, "x", 1, make_analysis([]), []),
+    ]
+    async with uow_factory() as uow:
+        with pytest.raises(LookupError, match=f"no image with id {10**9}"):
+            await uow.save_analyses(batch)
+    assert await face_rows(uow_factory) == []
+    async with uow_factory() as uow:
+        assert (await uow.images.get(image.id)).status == "pending"
+
+
+async def test_overlapping_batches_written_at_once_make_no_duplicates(
+    engine: AsyncEngine, uow_factory: UowFactory
+) -> None:
+    locked: list[list[int]] = []  # the image ids of each UPDATE of images, in the order it locks them
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _record(_conn: Any, _cursor: Any, sql: str, parameters: Any, _context: Any, many: bool) -> None:
+        if sql.lstrip().upper().startswith("UPDATE IMAGES") and many:
+            locked.append(
+                [row[-1] if isinstance(row, tuple | list) else row["image_id"] for row in parameters]
+            )
+
+    async with uow_factory() as uow:
+        images = await uow.images.get_or_create_many([(None, f"//srv/files/{name}.jpg") for name in "efg"])
+        await uow.commit()
+
+    async def write(order: list[int]) -> list[list[int]]:
+        async with uow_factory() as uow:
+            batch = [
+                ImageResult(images[n].id, f"h{n}", 1, make_analysis(BOXES, n), [None] * 3) for n in order
+            ]
+            saved = await uow.save_analyses(batch)
+            await asyncio.sleep(0.05)  # hold the locks while the other batch waits for them
+            await uow.commit()
+            return saved
+
+    try:
+        first, second = await asyncio.gather(write([0, 1, 2]), write([2, 1, 0]))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", _record)
+    assert first == second[::-1]
+    # Both lock in id order whatever the order of their batch, so neither can hold what the other waits for.
+    assert locked == [sorted(locked[0])] * 2
+    rows = await face_rows(uow_factory)
+    assert sorted(row.id for row in rows) == sorted(face_id for ids in first for face_id in ids)
+    assert len(rows) == 9
 
 
 async def test_set_persons_never_changes_faces_set_by_hand(uow_factory: UowFactory) -> None:
