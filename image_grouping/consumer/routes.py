@@ -9,7 +9,8 @@ import structlog
 from aio_pika.abc import AbstractQueue
 
 from image_grouping.bootstrap import Adapters
-from image_grouping.consumer.worker import BatchPolicy, Route
+from image_grouping.consumer.worker import BatchPolicy, BatchResult, Route
+from image_grouping.errors import BadInputError
 from image_grouping.handlers.detection import handle_images_uploaded
 from image_grouping.models.messages import (
     PERIODIC,
@@ -33,10 +34,14 @@ def detection_route(queue: AbstractQueue, adapters: Adapters) -> Route:
     deps = adapters.detection_deps()
     settings = adapters.settings
 
-    async def on_images_uploaded(events: Sequence[ImageUploaded]) -> list[FacesDetected]:
-        detected = await handle_images_uploaded(events, deps)
+    async def on_images_uploaded(events: Sequence[ImageUploaded]) -> BatchResult:
+        outcomes = await handle_images_uploaded(events, deps)
+        detected = [outcome for outcome in outcomes if isinstance(outcome, FacesDetected)]
         FACES_FOUND.inc(sum(item.face_count for item in detected))
-        return detected
+        refused = {
+            index: outcome for index, outcome in enumerate(outcomes) if isinstance(outcome, BadInputError)
+        }
+        return BatchResult(detected, refused)
 
     batch_size = min(settings.detection_batch_size, settings.max_in_flight)
     return Route(
@@ -65,7 +70,7 @@ def recognition_route(queue: AbstractQueue, adapters: Adapters) -> Route:
     )
 
 
-async def handle_faces_detected(events: Sequence[FacesDetected], adapters: Adapters) -> list[PersonsUpdated]:
+async def handle_faces_detected(events: Sequence[FacesDetected], adapters: Adapters) -> BatchResult:
     """Assign the new faces of several images to persons (or new persons) incrementally, in one commit."""
     from image_grouping.handlers.recognition import assign_new_faces
 
@@ -74,7 +79,7 @@ async def handle_faces_detected(events: Sequence[FacesDetected], adapters: Adapt
         if event.face_ids:
             face_ids_by_pack.setdefault(event.model_pack, []).extend(event.face_ids)
     if not face_ids_by_pack:
-        return []
+        return BatchResult([])
     updates = []
     async with adapters.unit_of_work() as uow:
         for model_pack, face_ids in face_ids_by_pack.items():
@@ -82,7 +87,7 @@ async def handle_faces_detected(events: Sequence[FacesDetected], adapters: Adapt
             updates.append(PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data()))
         if not adapters.settings.dry_run:
             await uow.commit()
-    return updates
+    return BatchResult(updates)
 
 
 async def handle_recluster_requested(event: ReclusterRequested, adapters: Adapters) -> list[PersonsUpdated]:

@@ -9,8 +9,9 @@
   that repeats while the dependencies are up (a bug) is requeued after a few tries; a message that keeps
   coming back is dead-lettered by the broker's delivery limit.
 - A route may batch one event type: consecutive messages of it are handled in one call (up to a size,
-  or until none more arrives within a wait), acknowledged together after it. Messages are handled in the
-  order they arrive: another event type closes the open batch and waits for it.
+  or until none more arrives within a wait), acknowledged together after it, but for those the handler
+  refused as bad input, which are dead-lettered. Messages are handled in the order they arrive: another
+  event type closes the open batch and waits for it.
 - `drain()` stops consuming, lets in-flight messages finish within the grace period and hands the rest
   back to the broker.
 """
@@ -42,7 +43,7 @@ from image_grouping.observability import (
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[Any], Awaitable[Sequence[EventData]]]  # event data -> events to publish
-BatchHandler = Callable[[Sequence[Any]], Awaitable[Sequence[EventData]]]  # many event data -> events
+BatchHandler = Callable[[Sequence[Any]], Awaitable["BatchResult"]]  # many event data -> what they did
 Probe = Callable[[], Awaitable[None]]
 
 # Tries of a message whose handler fails while the database answers, before it is requeued.
@@ -76,6 +77,15 @@ class BatchPolicy:
     handler: BatchHandler
     size: int
     wait_seconds: float
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch handler did: the events to publish, and the messages it refused as bad input, by
+    their index in the batch. Those are dead-lettered with their reason; the others are acknowledged."""
+
+    events: Sequence[EventData]
+    refused: Mapping[int, BadInputError] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,27 +244,34 @@ class Worker:
                 lag = (datetime.now(UTC) - each.event.time).total_seconds()
                 QUEUE_LAG_SECONDS.labels(event_type).observe(max(lag, 0.0))
             try:
-                outgoing = await self._handle_with_retries(route, deliveries)
-            except BadInputError as error:  # one of them is bad: find it by handling each alone
+                result = await self._handle_with_retries(route, deliveries)
+            except BadInputError as error:  # refused as a whole: find the bad one by handling each alone
                 log.warning("batch refused: handling its messages one by one", detail=str(error))
                 for each in deliveries:
                     await self._process(route, [each])
                 return
-            if outgoing is None:
+            if result is None:
                 return
-            for data in outgoing:
+            for index, refusal in result.refused.items():
+                with structlog.contextvars.bound_contextvars(
+                    message_id=deliveries[index].message.message_id,
+                    image_id=getattr(deliveries[index].event.data, "image_id", None),
+                ):
+                    await self._dead_letter(route, deliveries[index].message, refusal, event_type=event_type)
+            handled = [each for index, each in enumerate(deliveries) if index not in result.refused]
+            for data in result.events:
                 await self._publisher.publish(new_event(data))
             if self._dry_run:
-                log.info("dry run: messages left unacknowledged", count=len(deliveries))
+                log.info("dry run: messages left unacknowledged", count=len(handled))
                 return
-            for each in deliveries:
+            for each in handled:
                 await _settle(each.message.ack)
             elapsed = time.perf_counter() - started
-            MESSAGES_HANDLED.labels(event_type).inc(len(deliveries))
+            MESSAGES_HANDLED.labels(event_type).inc(len(handled))
             PROCESSING_SECONDS.labels(event_type).observe(elapsed)
-            published = [data.event_type for data in outgoing]
+            published = [data.event_type for data in result.events]
             # A line per message, with its own ids, also when it was handled in a batch.
-            for each in deliveries:
+            for each in handled:
                 log.info(
                     "message handled",
                     message_id=each.message.message_id,
@@ -263,12 +280,11 @@ class Worker:
                     published=published,
                 )
 
-    async def _handle_with_retries(
-        self, route: Route, deliveries: Sequence[_Delivery]
-    ) -> Sequence[EventData] | None:
-        """The handler's events, or None when the messages were dead-lettered or requeued.
+    async def _handle_with_retries(self, route: Route, deliveries: Sequence[_Delivery]) -> BatchResult | None:
+        """What the handler did, or None when the messages were dead-lettered or requeued.
 
-        Bad input in a batch of several is raised: the caller handles its messages one by one.
+        A batch handler that raises bad input refuses the whole batch: that is raised, and the caller
+        handles its messages one by one.
         """
         event_type = deliveries[0].event.type
         failures = 0
@@ -296,12 +312,12 @@ class Worker:
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     @staticmethod
-    async def _call_handler(route: Route, deliveries: Sequence[_Delivery]) -> Sequence[EventData]:
+    async def _call_handler(route: Route, deliveries: Sequence[_Delivery]) -> BatchResult:
         data = [each.event.data for each in deliveries]
         if route.batch is not None and isinstance(data[0], route.batch.event_type):
             return await route.batch.handler(data)
         (single,) = data
-        return await route.handlers[type(single)](single)
+        return BatchResult(await route.handlers[type(single)](single))
 
     async def _dead_letter(
         self, route: Route, message: AbstractIncomingMessage, error: BadInputError, *, event_type: str

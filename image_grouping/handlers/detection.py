@@ -44,55 +44,66 @@ class DetectionDeps:
 
 
 async def handle_image_uploaded(event: ImageUploaded, deps: DetectionDeps) -> list[FacesDetected]:
-    """One image: `handle_images_uploaded` of a batch of one."""
-    return await handle_images_uploaded([event], deps)
+    """One image: `handle_images_uploaded` of a batch of one; bad input is raised (BadInputError)."""
+    (outcome,) = await handle_images_uploaded([event], deps)
+    if isinstance(outcome, BadInputError):
+        raise outcome
+    return [outcome]
 
 
-async def handle_images_uploaded(events: Sequence[ImageUploaded], deps: DetectionDeps) -> list[FacesDetected]:
+async def handle_images_uploaded(
+    events: Sequence[ImageUploaded], deps: DetectionDeps
+) -> list[FacesDetected | BadInputError]:
     """Analyse the images side by side and commit their faces in one transaction; idempotent, so a
-    redelivered message stores its faces once. One `faces.detected` per event, in their order.
+    redelivered message stores its faces once.
 
-    Raises BadInputError (a path outside the images root, a missing, unreadable or oversized image) after
-    marking that image failed, and stores nothing of the batch: the consumer then handles its messages
-    one by one. Anything else is transient and the consumer retries it.
+    One outcome per event, in their order: its `faces.detected`, or the BadInputError that refused it (a
+    path outside the images root, a missing, unreadable or oversized image), that image marked failed.
+    The others are stored all the same. Anything else is transient: raised, with nothing stored, and
+    the consumer retries the batch.
     """
     outcomes = await asyncio.gather(*(_load(event, deps) for event in events), return_exceptions=True)
-    loaded: list[_Loaded] = []
     for outcome in outcomes:
-        if isinstance(outcome, BaseException):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, BadInputError):
             raise outcome
-        loaded.append(outcome)
-    if deps.dry_run:
-        faces = sum(len(item.analysis.faces) for item in loaded)
-        log.info("dry run: faces found, nothing written", faces=faces)
-        return [
-            _faces_detected(event, [], item.analysis.model_pack)
-            for event, item in zip(events, loaded, strict=True)
-        ]
+    good = [(event, item) for event, item in zip(events, outcomes, strict=True) if isinstance(item, _Loaded)]
+    detected = iter(await _store(good, deps) if good else [])
+    return [outcome if isinstance(outcome, BadInputError) else next(detected) for outcome in outcomes]
 
-    # One transaction: fewer round trips and commits per image, where the service spends its time.
+
+async def _store(loaded: Sequence[tuple[ImageUploaded, _Loaded]], deps: DetectionDeps) -> list[FacesDetected]:
+    """The analysed images registered, their thumbnails written and their faces stored in one
+    transaction; their `faces.detected`."""
+    if deps.dry_run:
+        faces = sum(len(item.analysis.faces) for _, item in loaded)
+        log.info("dry run: faces found, nothing written", faces=faces)
+        return [_faces_detected(event, [], item.analysis.model_pack) for event, item in loaded]
+
+    # Two commits for the whole batch rather than a few per image: round trips are where the service
+    # spends its time.
     async with deps.unit_of_work() as uow:
-        images = await uow.images.get_or_create_many([(event.image_id, event.path) for event in events])
-        # Written before the commit that records their paths, so a committed face always has its file. A
-        # commit that fails leaves them behind: overwritten by the retry for a known image, orphaned (a
-        # few files per database outage) for a new one, whose retry gets a new id.
+        images = await uow.images.get_or_create_many([(event.image_id, event.path) for event, _ in loaded])
+        # Registered for good first: a retry after a failed commit below finds the same image ids, so it
+        # overwrites the same thumbnail files instead of leaving them orphaned.
+        await uow.commit()
+        # Written before the commit that records their paths, so a committed face always has its file.
         thumbnail_paths = await asyncio.to_thread(
             lambda: [
                 deps.thumbnails.save_faces(image.id, item.analysis)
-                for image, item in zip(images, loaded, strict=True)
+                for image, (_, item) in zip(images, loaded, strict=True)
             ]
         )
         face_ids = await uow.save_analyses(
             [
                 ImageResult(image.id, item.content_hash, item.size_bytes, item.analysis, paths)
-                for image, item, paths in zip(images, loaded, thumbnail_paths, strict=True)
+                for image, (_, item), paths in zip(images, loaded, thumbnail_paths, strict=True)
             ]
         )
         await uow.commit()
-    log.debug("faces stored", images=len(events), faces=sum(len(ids) for ids in face_ids))
+    log.debug("faces stored", images=len(loaded), faces=sum(len(ids) for ids in face_ids))
     return [
         _faces_detected(event, ids, item.analysis.model_pack)
-        for event, ids, item in zip(events, face_ids, loaded, strict=True)
+        for (event, item), ids in zip(loaded, face_ids, strict=True)
     ]
 
 

@@ -8,6 +8,7 @@ import struct
 import uuid
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,10 @@ from image_grouping.consumer.publisher import DETAIL_HEADER, REASON_HEADER, Brok
 from image_grouping.consumer.routes import detection_route
 from image_grouping.consumer.topology import declare_topology
 from image_grouping.consumer.worker import Worker
+from image_grouping.handlers.detection import handle_image_uploaded
 from image_grouping.models.messages import ImageUploaded, new_event
+from image_grouping.models.records import ImageResult
+from image_grouping.storage import SqlUnitOfWork
 from image_grouping.storage.repositories import path_key
 from image_grouping.storage.schema import faces, images
 
@@ -138,7 +142,7 @@ async def test_bad_input_is_dead_lettered_with_its_reason_and_does_not_block(
     await service.bus.wait_detected({good_id})  # the queue kept flowing
 
 
-async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_batch_is_handled_alone(
+async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_batch_is_refused_alone(
     tmp_path: Path, postgres_url: str, rabbitmq_url: str, eval_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = service_settings(
@@ -180,13 +184,16 @@ async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_bat
         )
         await worker.start()
         async with asyncio.timeout(60):
-            while sum(len(call) for call in handled) < 8:  # noqa: ASYNC110 - polls what the handler saw
+            while sum(len(call) for call in handled) < 6:  # noqa: ASYNC110 - polls what the handler saw
                 await asyncio.sleep(0.1)
         await worker.drain(grace_seconds=10)
 
-        # Four to a batch; the batch with the missing image is handled again one message at a time.
-        assert handled == [["e", "f", "a", "b"], ["c", "d"], ["c"], ["d"]]
+        # Four to a batch; the missing image is refused alone and its batch's other image stored once.
+        assert handled == [["e", "f", "a", "b"], ["c", "d"]]
+        await channel.close()  # unacknowledged messages would go back to the queue now
         check = await connection.channel()
+        pending = await check.declare_queue(settings.upload_queue, passive=True)
+        assert pending.declaration_result.message_count == 0
         detected = await check.declare_queue(settings.recluster_queue, passive=True)
         assert detected.declaration_result.message_count == 5  # one faces.detected per good upload
         dead = await check.get_queue(settings.dead_letter_queue)
@@ -208,4 +215,43 @@ async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_bat
     finally:
         await delete_topology(connection, settings)
         await connection.close()
+        await adapters.close()
+
+
+async def test_a_retry_after_the_faces_commit_failed_leaves_no_orphaned_thumbnails(
+    tmp_path: Path, fresh_postgres_url: str, rabbitmq_url: str, eval_dir: Path
+) -> None:
+    settings = service_settings(tmp_path, fresh_postgres_url, rabbitmq_url)
+    upload = ImageUploaded(image_id="up-1", path=add_photo(settings, eval_dir / "groups" / PHOTOS[0], "t"))
+    adapters = await bootstrap(settings)
+    failures = [ConnectionResetError("the database went away at the commit")]
+
+    class FacesCommitFailsOnce(SqlUnitOfWork):
+        saved = False
+
+        async def save_analyses(self, results: Sequence[ImageResult]) -> list[list[int]]:
+            self.saved = True
+            return await super().save_analyses(results)
+
+        async def commit(self) -> None:
+            if self.saved and failures:
+                raise failures.pop()
+            await super().commit()
+
+    try:
+        deps = adapters.detection_deps()
+        failing = replace(deps, unit_of_work=lambda: FacesCommitFailsOnce(adapters.engine))
+        with pytest.raises(ConnectionResetError):
+            await handle_image_uploaded(upload, failing)
+        (detected,) = await handle_image_uploaded(upload, deps)  # the redelivery
+
+        async with adapters.engine.connect() as connection:
+            stored = set((await connection.execute(select(faces.c.thumbnail_path))).scalars())
+        files = {
+            path.relative_to(settings.system_storage).as_posix()
+            for path in settings.thumbnail_save_path.rglob("*.jpg")
+        }
+        assert detected.face_count == len(stored) >= 2
+        assert files == stored
+    finally:
         await adapters.close()

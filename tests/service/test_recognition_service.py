@@ -16,7 +16,8 @@ from sqlalchemy import func, select
 import image_grouping.handlers.recognition as recognition
 from image_grouping.consumer.publisher import BrokerPublisher
 from image_grouping.consumer.topology import declare_topology
-from image_grouping.consumer.worker import BatchPolicy, Route, Worker
+from image_grouping.consumer.worker import BatchPolicy, BatchResult, Route, Worker
+from image_grouping.errors import BadInputError
 from image_grouping.models.messages import PERIODIC, EventData, FacesDetected, ReclusterRequested, new_event
 from image_grouping.storage.schema import faces, images, recluster_runs
 
@@ -81,9 +82,13 @@ async def test_a_batch_is_handled_in_one_call_acked_after_it_and_in_order_with_o
     settings = service_settings(tmp_path, postgres_url, rabbitmq_url)
     handled: list[list[str]] = []  # what each handler call received, in order
 
-    async def on_faces_detected(events: Sequence[FacesDetected]) -> list[EventData]:
+    async def on_faces_detected(events: Sequence[FacesDetected]) -> BatchResult:
         handled.append([event.image_id for event in events])
-        return []
+        if any(event.image_id == "b1" for event in events):
+            raise BadInputError("b1 refuses its whole batch")
+        return BatchResult(
+            [], {n: BadInputError("a2 is refused") for n, e in enumerate(events) if e.image_id == "a2"}
+        )
 
     async def on_recluster(event: ReclusterRequested) -> list[EventData]:
         handled.append([f"recluster {event.reason}"])
@@ -122,18 +127,19 @@ async def test_a_batch_is_handled_in_one_call_acked_after_it_and_in_order_with_o
         worker = Worker([route], publisher, probe=database_up)
         await worker.start()
         async with asyncio.timeout(30):
-            while sum(len(call) for call in handled) < 8:  # noqa: ASYNC110 - polls what the handlers saw
+            while sum(len(call) for call in handled) < 10:  # noqa: ASYNC110 - polls what the handlers saw
                 await asyncio.sleep(0.1)
         await worker.drain(grace_seconds=10)
         await channel.close()  # unacknowledged messages would go back to the queue now
 
-        # Full at 4; the bad message dead-lettered alone; the recluster after the batch before it, alone.
-        assert handled == [["a0", "a1", "a2", "a3"], ["a4"], ["recluster x"], ["b0", "b1"]]
+        # Full at 4; the bad message dead-lettered alone; the recluster after the batch before it, alone;
+        # a batch refused as a whole handled again one message at a time.
+        assert handled == [["a0", "a1", "a2", "a3"], ["a4"], ["recluster x"], ["b0", "b1"], ["b0"], ["b1"]]
         check = await connection.channel()
         queue = await check.declare_queue(settings.recluster_queue, passive=True)
         assert queue.declaration_result.message_count == 0
         dead = await check.declare_queue(settings.dead_letter_queue, passive=True)
-        assert dead.declaration_result.message_count == 1
+        assert dead.declaration_result.message_count == 3  # the malformed message, a2 and b1
     finally:
         await delete_topology(connection, settings)
         await connection.close()
