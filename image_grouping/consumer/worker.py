@@ -259,13 +259,12 @@ class Worker:
                 ):
                     await self._dead_letter(route, deliveries[index].message, refusal, event_type=event_type)
             handled = [each for index, each in enumerate(deliveries) if index not in result.refused]
-            for data in result.events:
-                await self._publisher.publish(new_event(data))
+            # Side by side: the broker takes them in one go and confirms them together.
+            await asyncio.gather(*(self._publisher.publish(new_event(data)) for data in result.events))
             if self._dry_run:
                 log.info("dry run: messages left unacknowledged", count=len(handled))
                 return
-            for each in handled:
-                await _settle(each.message.ack)
+            await asyncio.gather(*(_settle(each.message.ack) for each in handled))
             elapsed = time.perf_counter() - started
             MESSAGES_HANDLED.labels(event_type).inc(len(handled))
             PROCESSING_SECONDS.labels(event_type).observe(elapsed)
