@@ -72,8 +72,8 @@ async def handle_images_uploaded(
 
 
 async def _store(loaded: Sequence[tuple[ImageUploaded, _Loaded]], deps: DetectionDeps) -> list[FacesDetected]:
-    """The analysed images registered, their thumbnails written and their faces stored in one
-    transaction; their `faces.detected`."""
+    """Register the analysed images, write their thumbnails, store their faces in one transaction;
+    their `faces.detected`."""
     if deps.dry_run:
         faces = sum(len(item.analysis.faces) for _, item in loaded)
         log.info("dry run: faces found, nothing written", faces=faces)
