@@ -81,8 +81,9 @@ class BatchPolicy:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What a batch handler did: the events to publish, and the messages it refused as bad input, by
-    their index in the batch. Those are dead-lettered with their reason; the others are acknowledged."""
+    """What a batch handler did: the events to publish for the messages it handled, and the messages it
+    refused as bad input, by their index in the batch. Those are dead-lettered with their reason; the
+    others are acknowledged."""
 
     events: Sequence[EventData]
     refused: Mapping[int, BadInputError] = field(default_factory=dict)
@@ -259,6 +260,8 @@ class Worker:
                 ):
                     await self._dead_letter(route, deliveries[index].message, refusal, event_type=event_type)
             handled = [each for index, each in enumerate(deliveries) if index not in result.refused]
+            if not handled:
+                return
             # Side by side: the broker takes them in one go and confirms them together.
             await asyncio.gather(*(self._publisher.publish(new_event(data)) for data in result.events))
             if self._dry_run:
@@ -280,7 +283,8 @@ class Worker:
                 )
 
     async def _handle_with_retries(self, route: Route, deliveries: Sequence[_Delivery]) -> BatchResult | None:
-        """What the handler did, or None when the messages were dead-lettered or requeued.
+        """What the handler did (bad input it raised for a single message: that message refused), or
+        None when the messages were requeued.
 
         A batch handler that raises bad input refuses the whole batch: that is raised, and the caller
         handles its messages one by one.
@@ -295,8 +299,7 @@ class Worker:
             except BadInputError as error:
                 if len(deliveries) > 1:
                     raise
-                await self._dead_letter(route, deliveries[0].message, error, event_type=event_type)
-                return None
+                return BatchResult([], {0: error})
             except Exception as error:
                 MESSAGES_FAILED.labels(event_type, "transient").inc(len(deliveries))
                 if await self._dependencies_down(error):
