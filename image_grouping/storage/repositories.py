@@ -112,7 +112,7 @@ def _face_values(face: DetectedFace, index: int, thumbnail_path: str | None) -> 
 
 
 def _face_changes(
-    image_id: int, result: ImageResult, old: Sequence[tuple[Any, ...]]
+    result: ImageResult, old: Sequence[tuple[Any, ...]]
 ) -> tuple[list[int], list[dict[str, Any]], list[dict[str, Any]]]:
     """How one image's faces change: the ids of old faces no longer found, the updates of those found
     again (box IoU >= 0.5: same id and person), the rows of new ones. `old`: (id, x1, y1, x2, y2)."""
@@ -130,7 +130,11 @@ def _face_changes(
             # bind names must differ from column names in an UPDATE's SET clause
             updates.append({"face_id": old[pairs[index]][0]} | {f"new_{k}": v for k, v in values.items()})
         else:
-            new_face = {"image_id": image_id, "model_pack": result.analysis.model_pack, "person_id": None}
+            new_face = {
+                "image_id": result.image_id,
+                "model_pack": result.analysis.model_pack,
+                "person_id": None,
+            }
             inserts.append(values | new_face | {"assigned_by": AUTOMATIC, "created_at": values["updated_at"]})
     return gone, updates, inserts
 
@@ -336,7 +340,7 @@ class ImageRepository:
         for image_id in image_ids:
             old = old_faces[image_id]
             old_ids += [row[0] for row in old]
-            gone, kept, new = _face_changes(image_id, latest[image_id], old)
+            gone, kept, new = _face_changes(latest[image_id], old)
             gone_ids += gone
             updates += kept
             inserts += new
