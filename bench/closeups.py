@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from image_grouping.bootstrap import load_analyzer
 from image_grouping.config import load_settings
-from image_grouping.vision import FaceAnalyzer
 
 IDENTITY = Path(__file__).resolve().parents[1].parent / "shared" / "eval" / "identity"
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads.")
     args = parser.parse_args()
     paths = sorted(IDENTITY.glob("*/*.jpg"))[: args.limit]
-    analyzer = FaceAnalyzer.from_settings(load_settings(intra_op_threads=args.threads))
+    analyzer = load_analyzer(load_settings(intra_op_threads=args.threads))
     any_face = central_face = 0
     missed = []
     started = time.perf_counter()

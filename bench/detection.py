@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_grouping.bootstrap import load_analyzer
 from image_grouping.config import load_settings
 from image_grouping.evaluation.detection import (
     DetectionResult,
@@ -77,7 +78,7 @@ def main() -> None:
     reference = evaluate_detector(insightface_detector(), annotations, images, limit=args.limit)
     print(f"--- insightface\n{format_detection_report(reference)}")
     seen: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
-    analyzer = FaceAnalyzer.from_settings(settings.model_copy(update={"min_face_size": 1}))
+    analyzer = load_analyzer(settings.model_copy(update={"min_face_size": 1}))
     try:
         unfiltered = evaluate_detector(
             recording_detector(analyzer, seen), annotations, images, limit=args.limit

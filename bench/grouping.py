@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from image_grouping.bootstrap import grouping_params
 from image_grouping.config import load_settings
 from image_grouping.evaluation.grouping import clustering_scores, immich_reference, load_labelled_faces
 from image_grouping.grouping import GroupingInput, GroupingParams, group_faces
@@ -123,7 +124,7 @@ def lfw_section() -> None:
     embeddings, labels = faces.embeddings[order], faces.labels[order]
     from image_grouping.grouping import reliable_faces
 
-    params = GroupingParams.from_settings(settings)
+    params = grouping_params(settings)
     reliable = reliable_faces(faces.det_score, faces.size_px, faces.sharpness, faces.yaw, params)[order]
     started = time.perf_counter()
     ours = group_faces(GroupingInput(embeddings, np.arange(len(faces)), reliable), params).labels

@@ -39,10 +39,10 @@ from image_grouping.config import load_settings
 def _bare_worker(paths: list[Path], ready: multiprocessing.Queue, start: multiprocessing.Event) -> None:
     """The bare pipeline at its best, as bench/pipeline.py drives it: the service's defaults, with
     `max_in_flight` images handed to the analyzer at once, and no broker or database."""
-    from image_grouping.vision import FaceAnalyzer
+    from image_grouping.bootstrap import load_analyzer
 
     settings = load_settings()
-    analyzer = FaceAnalyzer.from_settings(settings)
+    analyzer = load_analyzer(settings)
     analyzer.analyze(paths[0].read_bytes())  # warm-up: first-run allocations are not throughput
 
     async def analyse_all() -> None:

@@ -57,11 +57,11 @@ Result = tuple[list[np.ndarray], list[np.ndarray], list[float], float]
 
 
 def run_ours(paths: list[Path]) -> Result:
+    from image_grouping.bootstrap import load_analyzer
     from image_grouping.config import load_settings
-    from image_grouping.vision import FaceAnalyzer
 
     settings = load_settings()
-    analyzer = FaceAnalyzer.from_settings(settings)
+    analyzer = load_analyzer(settings)
     analyzer.analyze(paths[0].read_bytes())  # warm-up, like the reference's
     print(
         f"ours: {settings.analysis_workers} analysis workers, {settings.max_in_flight} images in flight",

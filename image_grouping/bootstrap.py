@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 import structlog
@@ -13,6 +13,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.config import Settings
+from image_grouping.grouping.params import GroupingParams
 from image_grouping.handlers.detection import Analyzer, DetectionDeps
 from image_grouping.storage import (
     ImagePathResolver,
@@ -24,6 +25,7 @@ from image_grouping.storage import (
 
 if TYPE_CHECKING:
     from image_grouping.vision import FaceAnalyzer
+    from image_grouping.vision.params import VisionParams
 
 log = structlog.get_logger(__name__)
 
@@ -79,14 +81,29 @@ async def bootstrap(
     engine = engine or create_engine(settings)
     await _retry_until_up(lambda: ensure_schema(engine), what="database")
     if analyzer is None and settings.service in ("detection", "both"):
-        analyzer = _load_analyzer(settings)
+        analyzer = load_analyzer(settings)
     return Adapters(settings, engine, analyzer)
 
 
-def _load_analyzer(settings: Settings) -> FaceAnalyzer:
+def load_analyzer(settings: Settings) -> FaceAnalyzer:
+    """The face analyzer the settings describe (vision is imported only by processes that detect)."""
     from image_grouping.vision import FaceAnalyzer
 
-    return FaceAnalyzer.from_settings(settings)
+    return FaceAnalyzer.load(vision_params(settings))
+
+
+def vision_params(settings: Settings) -> VisionParams:
+    """The settings face analysis reads (`model_pack`, `model_dir`, ...: the same names)."""
+    from image_grouping.vision.params import VisionParams
+
+    return VisionParams(**{item.name: getattr(settings, item.name) for item in fields(VisionParams)})
+
+
+def grouping_params(settings: Settings) -> GroupingParams:
+    """The GROUPING_* settings, without their prefix."""
+    return GroupingParams(
+        **{item.name: getattr(settings, f"grouping_{item.name}") for item in fields(GroupingParams)}
+    )
 
 
 async def _retry_until_up(connect: Callable[[], Awaitable[object]], *, what: str) -> None:

@@ -147,7 +147,7 @@ async def _dry_run(files: list[Path], analyzer: FaceAnalyzer) -> ScanSummary:
     for path in tqdm(files, unit="img", desc="analysing (dry run)"):
         summary.images += 1
         try:
-            data, _ = await asyncio.to_thread(read_image_file, path, analyzer.settings.max_image_bytes)
+            data, _ = await asyncio.to_thread(read_image_file, path, analyzer.params.max_image_bytes)
             summary.faces += len((await analyzer.analyze_async(data)).faces)
             summary.analysed += 1
         except (BadInputError, OSError) as error:
@@ -157,10 +157,10 @@ async def _dry_run(files: list[Path], analyzer: FaceAnalyzer) -> ScanSummary:
 
 
 async def scan_folder(settings: Settings, folder: Path, write_report: bool = True) -> ScanSummary:
-    from image_grouping.vision import FaceAnalyzer
+    from image_grouping.bootstrap import load_analyzer
 
     files = await asyncio.to_thread(find_images, folder)
-    analyzer = FaceAnalyzer.from_settings(settings)
+    analyzer = load_analyzer(settings)
     try:
         if settings.dry_run:
             summary = await _dry_run(files, analyzer)

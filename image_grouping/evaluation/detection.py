@@ -114,9 +114,9 @@ def evaluate_detection(
     settings: Settings, annotations: Path, images: Path, *, limit: int | None = None
 ) -> DetectionResult:
     """The production detector (decode, SCRFD, close-up view, minimum size) over an annotation file."""
-    from image_grouping.vision import FaceAnalyzer
+    from image_grouping.bootstrap import load_analyzer
 
-    analyzer = FaceAnalyzer.from_settings(settings)
+    analyzer = load_analyzer(settings)
     try:
 
         def detect(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -157,9 +157,9 @@ def _from_npz(stored: np.lib.npyio.NpzFile) -> LabelledFaces:
 
 
 def _analyse(settings: Settings, images: Path, rows: list[tuple[str, str]]) -> LabelledFaces:
-    from image_grouping.vision import FaceAnalyzer
+    from image_grouping.bootstrap import load_analyzer
 
-    analyzer = FaceAnalyzer.from_settings(settings)
+    analyzer = load_analyzer(settings)
     kept: list[tuple[str, str, DetectedFace]] = []
     missing = 0
     try:

@@ -1,10 +1,11 @@
-"""The thresholds of grouping, read once from the settings so the domain code never sees the environment."""
+"""The thresholds of grouping as one frozen object, so the domain code never sees the environment.
+
+`image_grouping.bootstrap.grouping_params` builds it from the GROUPING_* settings.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
-from image_grouping.config import Settings
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +27,3 @@ class GroupingParams:
     min_sharpness: float = 15.0
     max_abs_yaw: float = 0.6
     exact_search_limit: int = 20_000  # above this many faces the neighbour search is approximate
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> GroupingParams:
-        values = {field.name: getattr(settings, f"grouping_{field.name}") for field in fields(cls)}
-        return cls(**values)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from image_grouping.bootstrap import grouping_params
 from image_grouping.config import Settings
 from image_grouping.grouping import (
     GroupingInput,
@@ -53,7 +54,7 @@ async def assign_new_faces(
     face_ids: Sequence[int], model_pack: str, uow: Any, settings: Settings
 ) -> PersonChanges:
     """Put newly detected faces into existing persons where the evidence is strong; found tight new groups."""
-    params = GroupingParams.from_settings(settings)
+    params = grouping_params(settings)
     changes = PersonChanges(model_pack=model_pack, kind="incremental", dry_run=settings.dry_run)
     faces = await uow.faces.load_for_grouping(model_pack)
     persons = await uow.persons.list()
@@ -84,7 +85,7 @@ async def assign_new_faces(
 
 async def recluster_all(model_pack: str, uow: Any, settings: Settings, *, dry_run: bool) -> PersonChanges:
     """Regroup every face of the pack, keeping person ids (largest overlap) and every manual edit."""
-    params = GroupingParams.from_settings(settings)
+    params = grouping_params(settings)
     changes = PersonChanges(model_pack=model_pack, kind="recluster", dry_run=dry_run)
     run_id = None if dry_run else await uow.runs.start("recluster")
     faces = await uow.faces.load_for_grouping(model_pack)

@@ -101,9 +101,9 @@ async def repack(
 ) -> RepackSummary:
     """`image-grouping repack`: bring every image analysed by another pack (or only by `from_pack`) to
     the current pack, at most `limit` images; a dry run analyses and matches but writes nothing."""
-    from image_grouping.vision import FaceAnalyzer
+    from image_grouping.bootstrap import load_analyzer
 
-    analyzer = FaceAnalyzer.from_settings(settings)
+    analyzer = load_analyzer(settings)
     engine = create_engine(settings)
     try:
         if not dry_run:  # a dry run leaves even the schema alone

@@ -3,7 +3,7 @@
 Speed comes from decoding no more pixels than needed: a JPEG is first decoded at the smallest DCT scale
 that still fills the detector's input; only when a face found there would be enlarged by its 112x112
 alignment is the image decoded again, at the scale that face needs. Recognition runs once per call over
-all faces of all images handed in. The async methods run in the analyzer's executor, ANALYSIS_WORKERS
+all faces of all images handed in. The async methods run in the analyzer's executor, `analysis_workers`
 images at a time sharing the sessions, so that one image is decoded while another is in a network.
 """
 
@@ -17,13 +17,13 @@ import cv2
 import numpy as np
 import structlog
 
-from image_grouping.config import Settings
 from image_grouping.errors import BadInputError
 from image_grouping.models.faces import DetectedFace, ImageAnalysis
 from image_grouping.vision.align import ARCFACE_SIZE, alignment_matrix, matrix_scale
 from image_grouping.vision.arcface import ArcFace
 from image_grouping.vision.decode import DecodedImage, decode_image
 from image_grouping.vision.model_pack import load_model_pack
+from image_grouping.vision.params import VisionParams
 from image_grouping.vision.quality import face_quality
 from image_grouping.vision.scrfd import SCRFD, Detections
 from image_grouping.vision.thumbnail import thumbnail_jpeg
@@ -44,25 +44,26 @@ class _FoundFaces:
 class FaceAnalyzer:
     """SCRFD + ArcFace on onnxruntime; load once, share between threads and tasks."""
 
-    def __init__(self, settings: Settings, model_pack: str, detector: SCRFD, recognizer: ArcFace) -> None:
-        self.settings = settings
+    def __init__(self, params: VisionParams, model_pack: str, detector: SCRFD, recognizer: ArcFace) -> None:
+        self.params = params
         self.model_pack = model_pack
         self.detector = detector
         self.recognizer = recognizer
         self.embedding_dim = recognizer.embedding_dim
-        self._executor = ThreadPoolExecutor(settings.analysis_workers, thread_name_prefix="face-analysis")
+        self._executor = ThreadPoolExecutor(params.analysis_workers, thread_name_prefix="face-analysis")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> FaceAnalyzer:
-        pack = load_model_pack(settings)
+    def load(cls, params: VisionParams) -> FaceAnalyzer:
+        """The analyzer of the model pack `params` names."""
+        pack = load_model_pack(params)
         detector = SCRFD(
             pack.detector,
-            input_size=settings.det_input_size,
-            score_threshold=settings.det_score_threshold,
-            nms_threshold=settings.det_nms_threshold,
-            closeup_padding=settings.det_closeup_padding,
+            input_size=params.det_input_size,
+            score_threshold=params.det_score_threshold,
+            nms_threshold=params.det_nms_threshold,
+            closeup_padding=params.det_closeup_padding,
         )
-        return cls(settings, pack.name, detector, ArcFace(pack.recognizer, pack.recognizer_path))
+        return cls(params, pack.name, detector, ArcFace(pack.recognizer, pack.recognizer_path))
 
     def analyze(self, data: bytes) -> ImageAnalysis:
         """Faces of one image. Raises a BadInputError subclass for input that can never be analysed."""
@@ -107,7 +108,7 @@ class FaceAnalyzer:
 
     def _decode(self, data: bytes, **scale: float) -> DecodedImage:
         return decode_image(
-            data, max_pixels=self.settings.max_image_pixels, max_bytes=self.settings.max_image_bytes, **scale
+            data, max_pixels=self.params.max_image_pixels, max_bytes=self.params.max_image_bytes, **scale
         )
 
     def _find_faces(self, data: bytes) -> _FoundFaces:
@@ -115,7 +116,7 @@ class FaceAnalyzer:
         detections = self._detect(image)
         matrices = [alignment_matrix(landmarks) for landmarks in detections.landmarks]
         # The decode scale at which no aligned crop is enlarged more than allowed.
-        needed = max((matrix_scale(m) for m in matrices), default=0.0) / self.settings.align_max_upscale
+        needed = max((matrix_scale(m) for m in matrices), default=0.0) / self.params.align_max_upscale
         if image.scale < min(needed, 1.0) * 0.999:
             image = self._decode(data, min_scale=min(needed, 1.0))
         to_decoded = np.diag([image.scale_x, image.scale_y, 1.0])
@@ -143,10 +144,10 @@ class FaceAnalyzer:
         boxes = (detections.boxes.reshape(-1, 2, 2) * to_full).reshape(-1, 4)
         full = Detections(boxes, detections.scores, detections.landmarks * to_full)
         sizes = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        return full.take(np.flatnonzero(sizes >= self.settings.min_face_size))
+        return full.take(np.flatnonzero(sizes >= self.params.min_face_size))
 
     def _finish(self, found: _FoundFaces, embeddings: np.ndarray) -> ImageAnalysis:
-        image, detections, settings = found.image, found.detections, self.settings
+        image, detections, params = found.image, found.detections, self.params
         faces = []
         for index, embedding in enumerate(embeddings):
             box = detections.boxes[index]
@@ -165,9 +166,9 @@ class FaceAnalyzer:
                     thumbnail_jpeg=thumbnail_jpeg(
                         image.pixels,
                         decoded_box,
-                        size=settings.thumbnail_size,
-                        margin=settings.thumbnail_margin,
-                        quality=settings.thumbnail_quality,
+                        size=params.thumbnail_size,
+                        margin=params.thumbnail_margin,
+                        quality=params.thumbnail_quality,
                     ),
                 )
             )

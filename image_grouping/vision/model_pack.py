@@ -14,7 +14,7 @@ from pathlib import Path
 import onnxruntime as ort
 import structlog
 
-from image_grouping.config import Settings
+from image_grouping.vision.params import VisionParams
 
 log = structlog.get_logger(__name__)
 
@@ -41,21 +41,21 @@ class LoadedPack:
     recognizer_path: Path
 
 
-def intra_op_threads(settings: Settings) -> int:
+def intra_op_threads(params: VisionParams) -> int:
     """onnxruntime threads of one model run (0: onnxruntime's choice, every core).
 
     Several images in flight keep the cores busier than several threads on one run of these small
-    networks, whose layers are too small to split well: with ANALYSIS_WORKERS > 1 each run gets one.
+    networks, whose layers are too small to split well: with `analysis_workers` > 1 each run gets one.
     """
-    if settings.intra_op_threads:
-        return settings.intra_op_threads
-    return 1 if settings.analysis_workers > 1 else 0
+    if params.intra_op_threads:
+        return params.intra_op_threads
+    return 1 if params.analysis_workers > 1 else 0
 
 
-def session_options(settings: Settings) -> tuple[ort.SessionOptions, list[str]]:
-    """Thread counts from the settings; CUDA only when asked for (it is hidden otherwise)."""
+def session_options(params: VisionParams) -> tuple[ort.SessionOptions, list[str]]:
+    """Thread counts from the parameters; CUDA only when asked for (it is hidden otherwise)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads(settings)
+    options.intra_op_num_threads = intra_op_threads(params)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -64,7 +64,7 @@ def session_options(settings: Settings) -> tuple[ort.SessionOptions, list[str]]:
     options.enable_cpu_mem_arena = False
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
-    if settings.execution_provider == "cuda":
+    if params.execution_provider == "cuda":
         providers.insert(0, "CUDAExecutionProvider")
     return options, providers
 
@@ -86,8 +86,8 @@ def _is_recognizer(session: ort.InferenceSession) -> bool:
     return len(session.get_outputs()) == 1 and len(shape) == 4 and shape[2] == shape[3] == 112
 
 
-def _load_pair(name: str, paths: list[Path], settings: Settings) -> LoadedPack:
-    options, providers = session_options(settings)
+def _load_pair(name: str, paths: list[Path], params: VisionParams) -> LoadedPack:
+    options, providers = session_options(params)
     detector = recognizer = recognizer_path = None
     for path in sorted(paths):
         try:
@@ -105,7 +105,7 @@ def _load_pair(name: str, paths: list[Path], settings: Settings) -> LoadedPack:
     return LoadedPack(name, detector, recognizer, recognizer_path)
 
 
-def load_bundled_pack(name: str, settings: Settings, folder: Path = BUNDLED_MODEL_FOLDER) -> LoadedPack:
+def load_bundled_pack(name: str, params: VisionParams, folder: Path = BUNDLED_MODEL_FOLDER) -> LoadedPack:
     """A pack shipped with the package, each file checked against its sha256 first."""
     if name not in BUNDLED_PACKS:
         raise ModelPackError(
@@ -120,18 +120,19 @@ def load_bundled_pack(name: str, settings: Settings, folder: Path = BUNDLED_MODE
         if actual != expected:
             raise ModelPackError(f"model file {path} has sha256 {actual}, expected {expected}")
         paths.append(path)
-    return _load_pair(name, paths, settings)
+    return _load_pair(name, paths, params)
 
 
-def load_folder_pack(folder: Path, settings: Settings) -> LoadedPack:
-    """Any SCRFD + ArcFace pack (buffalo_l, antelopev2, ...); its id is MODEL_PACK (default: the folder)."""
+def load_folder_pack(folder: Path, params: VisionParams) -> LoadedPack:
+    """Any SCRFD + ArcFace pack (buffalo_l, antelopev2, ...); its id is `params.model_pack`."""
     paths = sorted(folder.glob("*.onnx"))
     if not paths:
         raise ModelPackError(f"MODEL_DIR {folder} holds no .onnx files")
-    return _load_pair(settings.model_pack, paths, settings)
+    return _load_pair(params.model_pack, paths, params)
 
 
-def load_model_pack(settings: Settings) -> LoadedPack:
-    if settings.model_dir is not None:
-        return load_folder_pack(settings.model_dir, settings)
-    return load_bundled_pack(settings.model_pack, settings)
+def load_model_pack(params: VisionParams) -> LoadedPack:
+    """The pack `params` names: its `model_dir` when set, else the bundled pack `model_pack`."""
+    if params.model_dir is not None:
+        return load_folder_pack(params.model_dir, params)
+    return load_bundled_pack(params.model_pack, params)

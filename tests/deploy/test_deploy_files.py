@@ -197,7 +197,7 @@ def test_dockerfile_builds_what_the_issue_asks() -> None:
     assert "msodbcsql18)" in text
     assert "freetds)" in text
     assert "libglib2.0-0" in text  # OpenCV's runtime library
-    assert "FaceAnalyzer.from_settings" in text  # the default pack is loaded at build time
+    assert "load_analyzer(Settings())" in text  # the default pack is loaded at build time
     assert re.search(r"^USER 10001:10001$", text, re.M)
     assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[\"python\", \"/usr/local/bin/healthcheck.py\"\]", text, re.M)
     assert re.search(r'^ENTRYPOINT \["docker-entrypoint.sh"\]$', text, re.M)

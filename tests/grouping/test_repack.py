@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from image_grouping.bootstrap import load_analyzer
 from image_grouping.config import Settings, load_settings
 from image_grouping.handlers.detection import DetectionDeps, handle_image_uploaded
 from image_grouping.handlers.recognition import recluster_all
@@ -25,7 +26,6 @@ from image_grouping.local_scan import scan_folder
 from image_grouping.models.messages import ImageUploaded
 from image_grouping.storage import ImagePathResolver, SqlUnitOfWork, ThumbnailStore
 from image_grouping.storage.schema import BY_HAND, cannot_links, faces, images, persons
-from image_grouping.vision import FaceAnalyzer
 from image_grouping.vision.model_pack import BUNDLED_MODEL_FOLDER, BUNDLED_PACKS
 
 UnitOfWork = Callable[[], SqlUnitOfWork]
@@ -90,7 +90,7 @@ async def _analyse_under_pack_a(
         shutil.copy(eval_dir / "identity" / name.rsplit("_", 1)[0] / name, scanned / name)
     shutil.copy(eval_dir / "identity" / "Al_Gore" / UPLOADED, settings.container_images_root / "gore.jpg")
 
-    analyzer = FaceAnalyzer.from_settings(settings)
+    analyzer = load_analyzer(settings)
     try:
         deps = DetectionDeps(
             analyzer=analyzer,

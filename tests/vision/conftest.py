@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from image_grouping.bootstrap import load_analyzer
 from image_grouping.config import Settings, load_settings
 from image_grouping.vision import FaceAnalyzer
 
@@ -18,7 +19,7 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def analyzer(settings: Settings) -> Iterator[FaceAnalyzer]:
-    analyzer = FaceAnalyzer.from_settings(settings)
+    analyzer = load_analyzer(settings)
     yield analyzer
     analyzer.close()
 
