@@ -1,27 +1,46 @@
-"""Wires the real adapters the handlers need; tests and benchmarks pass their own where they need to."""
+"""The one place that wires real adapters to the handlers, for every entry point: the service, the
+oneshot run, scan, recluster, repack, report, eval and migrate. Tests wire fakes instead.
+
+A dry run is a choice of adapters, not a flag the handlers check: a unit of work whose commit commits
+nothing, a thumbnail store that writes no file, a publisher that publishes nothing, and (in the
+consumer) messages held instead of acknowledged.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, fields
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import text
+from sqlalchemy import URL, make_url, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.config import Settings
-from image_grouping.grouping.params import GroupingParams
-from image_grouping.handlers.detection import Analyzer, DetectionDeps
+from image_grouping.grouping import GroupingParams
+from image_grouping.handlers.detection import DetectionDeps
+from image_grouping.handlers.ports import Analyzer, UnitOfWork, UnitOfWorkFactory
+from image_grouping.handlers.recognition import GroupingDeps
+from image_grouping.retry import backoff
 from image_grouping.storage import (
     ImagePathResolver,
     SqlUnitOfWork,
     ThumbnailStore,
     create_engine,
     ensure_schema,
+    redact,
 )
+from image_grouping.storage.database import engine_for_url
+from image_grouping.storage.files import ImageFiles
+from image_grouping.storage.migrations import schema_is_current
+from image_grouping.storage.thumbnails import DryRunThumbnailStore
+from image_grouping.storage.unit_of_work import DryRunUnitOfWork
 
 if TYPE_CHECKING:
     from image_grouping.vision import FaceAnalyzer
@@ -34,55 +53,133 @@ PROBE_TIMEOUT_SECONDS = 5.0
 UNREACHABLE = (OSError, TimeoutError, OperationalError, InterfaceError)
 
 
+def grouping_params(settings: Settings) -> GroupingParams:
+    return GroupingParams(
+        **{field.name: getattr(settings, f"grouping_{field.name}") for field in fields(GroupingParams)}
+    )
+
+
 @dataclass
 class Adapters:
+    """The real adapters of one process, built once; `detection_deps()` and `grouping_deps()` are what
+    the handlers take."""
+
     settings: Settings
     engine: AsyncEngine
-    analyzer: Analyzer | None  # loaded only when detection runs
-    thumbnails: ThumbnailStore = field(init=False)
-    paths: ImagePathResolver = field(init=False)
+    thumbnails: ThumbnailStore
+    files: ImageFiles
+    _analyzer: Analyzer | None = None
 
-    def __post_init__(self) -> None:
-        self.thumbnails = ThumbnailStore(self.settings.thumbnail_save_path, self.settings.system_storage)
-        self.paths = ImagePathResolver(self.settings.db_prefix, self.settings.container_images_root)
+    @property
+    def dry_run(self) -> bool:
+        return self.settings.dry_run
 
-    def unit_of_work(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine)
+    @property
+    def analyzer(self) -> Analyzer:
+        """The face analyzer, loaded on first use (commands that only group never load the models)."""
+        if self._analyzer is None:
+            self._analyzer = load_analyzer(self.settings)
+        return self._analyzer
+
+    @property
+    def unit_of_work(self) -> UnitOfWorkFactory:
+        engine, kind = self.engine, DryRunUnitOfWork if self.dry_run else SqlUnitOfWork
+
+        def unit_of_work() -> UnitOfWork:
+            return kind(engine)
+
+        return unit_of_work
+
+    def detection_deps(self, *, skip_known_content: bool = False) -> DetectionDeps:
+        return DetectionDeps(
+            analyzer=self.analyzer,
+            unit_of_work=self.unit_of_work,
+            thumbnails=self.thumbnails,
+            files=self.files,
+            skip_known_content=skip_known_content,
+        )
+
+    def grouping_deps(self) -> GroupingDeps:
+        return GroupingDeps(
+            unit_of_work=self.unit_of_work,
+            params=grouping_params(self.settings),
+            model_pack=self.settings.model_pack,
+            interval_seconds=self.settings.interval_seconds,
+        )
 
     async def probe_database(self) -> None:
         """Raises unless the database answers within a few seconds."""
         async with asyncio.timeout(PROBE_TIMEOUT_SECONDS), self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
-    def detection_deps(self) -> DetectionDeps:
-        if self.analyzer is None:
-            raise RuntimeError("detection needs a face analyzer")
-        return DetectionDeps(
-            analyzer=self.analyzer,
-            unit_of_work=self.unit_of_work,
-            thumbnails=self.thumbnails,
-            paths=self.paths,
-            max_image_bytes=self.settings.max_image_bytes,
-            dry_run=self.settings.dry_run,
-        )
 
-    async def close(self) -> None:
-        close_analyzer = getattr(self.analyzer, "close", None)
-        if close_analyzer is not None:
-            close_analyzer()
-        await self.engine.dispose()
-
-
+@asynccontextmanager
 async def bootstrap(
-    settings: Settings, *, analyzer: Analyzer | None = None, engine: AsyncEngine | None = None
-) -> Adapters:
-    """The adapters for `settings`: the database (schema ensured, waiting for it while it is down) and,
-    when detection runs, the face analyzer."""
+    settings: Settings,
+    *,
+    analyzer: Analyzer | None = None,
+    engine: AsyncEngine | None = None,
+    load_models: bool = False,
+    local_files: bool = False,
+    wait_for_database: bool = False,
+) -> AsyncIterator[Adapters]:
+    """The adapters for `settings`, closed when the block ends.
+
+    The schema is brought to the latest revision first (the service waits for a database that is down
+    with `wait_for_database`); a dry run only checks it, and works on an empty in-memory database when
+    the real one has no current schema (a first `scan --dry-run`), so that it writes nothing anywhere.
+    `load_models` loads the face analyzer now rather than on first use; `local_files` lets detection
+    read absolute local paths (scan, repack) besides the uploader's paths under the images root.
+    """
     engine = engine or create_engine(settings)
-    await _retry_until_up(lambda: ensure_schema(engine), what="database")
-    if analyzer is None and settings.service in ("detection", "both"):
-        analyzer = load_analyzer(settings)
-    return Adapters(settings, engine, analyzer)
+    scratch = Path(tempfile.mkdtemp(prefix="image-grouping-dry-run-")) if settings.dry_run else None
+    if scratch is not None:
+        engine = await _dry_run_engine(engine, scratch)
+    elif wait_for_database:
+        async for attempt in backoff("database", retry_on=UNREACHABLE):
+            with attempt:
+                await ensure_schema(engine)
+    else:
+        await ensure_schema(engine)
+    thumbnail_store = DryRunThumbnailStore if settings.dry_run else ThumbnailStore
+    adapters = Adapters(
+        settings,
+        engine,
+        thumbnail_store(settings.thumbnail_save_path, settings.system_storage),
+        ImageFiles(
+            ImagePathResolver(settings.db_prefix, settings.container_images_root),
+            settings.max_image_bytes,
+            local_paths=local_files,
+        ),
+        analyzer,
+    )
+    try:
+        if load_models:
+            _ = adapters.analyzer
+        yield adapters
+    finally:
+        close_analyzer = getattr(adapters._analyzer, "close", None)
+        if close_analyzer is not None and analyzer is None:  # an analyzer handed in stays its owner's
+            close_analyzer()
+        await adapters.engine.dispose()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _dry_run_engine(engine: AsyncEngine, scratch: Path) -> AsyncEngine:
+    """The database itself when its schema is current; else an empty one in `scratch`, with the schema."""
+    url = engine.url
+    if not _is_new_sqlite_file(url) and await schema_is_current(engine):
+        return engine
+    log.warning("dry run: the database has no current schema; working on an empty one", url=redact(url))
+    await engine.dispose()
+    empty = engine_for_url(make_url(f"sqlite+aiosqlite:///{scratch / 'dry-run.sqlite3'}"))
+    await ensure_schema(empty)
+    return empty
+
+
+def _is_new_sqlite_file(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file()
 
 
 def load_analyzer(settings: Settings) -> FaceAnalyzer:
@@ -90,29 +187,3 @@ def load_analyzer(settings: Settings) -> FaceAnalyzer:
     from image_grouping.vision import FaceAnalyzer
 
     return FaceAnalyzer.load(vision_params(settings))
-
-
-def vision_params(settings: Settings) -> VisionParams:
-    """The settings face analysis reads (`model_pack`, `model_dir`, ...: the same names)."""
-    from image_grouping.vision.params import VisionParams
-
-    return VisionParams(**{item.name: getattr(settings, item.name) for item in fields(VisionParams)})
-
-
-def grouping_params(settings: Settings) -> GroupingParams:
-    """The GROUPING_* settings, without their prefix."""
-    return GroupingParams(
-        **{item.name: getattr(settings, f"grouping_{item.name}") for item in fields(GroupingParams)}
-    )
-
-
-async def _retry_until_up(connect: Callable[[], Awaitable[object]], *, what: str) -> None:
-    delay = 0.5
-    while True:
-        try:
-            await connect()
-            return
-        except UNREACHABLE as error:
-            log.warning("unreachable at start, retrying", what=what, error=repr(error), retry_in=delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 30.0)

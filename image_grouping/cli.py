@@ -10,11 +10,16 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from image_grouping.config import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from image_grouping.bootstrap import Adapters
 
 app = typer.Typer(
     name="image-grouping",
@@ -89,19 +94,64 @@ def scan(
 ) -> None:
     """Analyse every photo of a folder into the local database, group the faces and write a gallery."""
     settings = _settings(database_url=db, dry_run=dry_run or None)
-    from image_grouping.local_scan import scan_folder
+    from image_grouping.bootstrap import bootstrap
+    from image_grouping.local_scan import find_images, scan_files
+    from image_grouping.report.gallery import write_gallery
+    from image_grouping.storage import database_url, redact
 
-    asyncio.run(scan_folder(settings, folder, write_report=report))
+    async def run() -> None:
+        files = await asyncio.to_thread(find_images, folder)
+        async with bootstrap(settings, local_files=True, load_models=True) as adapters:
+            if not settings.dry_run:
+                typer.echo(f"database: {redact(database_url(settings))}")
+            with _progress(len(files), "analysing") as progress:
+
+                def on_batch(summary: object, problems: list[str]) -> None:
+                    for line in problems:
+                        progress.write(line)
+                    progress.n = getattr(summary, "images", 0)
+                    progress.refresh()
+
+                deps = adapters.detection_deps(skip_known_content=True)
+                summary = await scan_files(files, deps, settings.detection_batch_size, on_batch)
+            typer.echo(str(summary))
+            typer.echo(await _recluster(adapters, reason="scan"))
+            if settings.dry_run:
+                typer.echo("dry run: nothing written")
+            elif report:
+                typer.echo(str(await write_gallery(adapters.unit_of_work, settings.system_storage)))
+
+    asyncio.run(run())
 
 
 @app.command()
 def recluster(db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
     """Regroup all faces of the current model pack into persons, keeping manual edits."""
     settings = _settings(database_url=db, dry_run=dry_run or None)
-    from image_grouping.handlers.recognition import run_full_recluster
+    from image_grouping.bootstrap import bootstrap
 
-    summary = asyncio.run(run_full_recluster(settings))
-    typer.echo(summary)
+    async def run() -> str:
+        async with bootstrap(settings) as adapters:
+            return await _recluster(adapters, reason="manual")
+
+    typer.echo(asyncio.run(run()))
+
+
+async def _recluster(adapters: Adapters, *, reason: str) -> str:
+    """One recluster of the current pack through its handler; a summary line."""
+    from image_grouping.handlers.recognition import handle_recluster_requested
+    from image_grouping.models.messages import PersonsUpdated, ReclusterRequested
+    from image_grouping.models.persons import PersonChanges
+
+    request = ReclusterRequested(model_pack=adapters.settings.model_pack, reason=reason)
+    (outcome,) = await handle_recluster_requested([request], adapters.grouping_deps())
+    lines = [
+        PersonChanges.from_event_data(event.changes).summary()
+        for event in outcome
+        if isinstance(event, PersonsUpdated)
+    ]
+    suffix = " (dry run: nothing written)" if adapters.dry_run else ""
+    return "\n".join(line + suffix for line in lines)
 
 
 @app.command()
@@ -113,7 +163,7 @@ def repack(
     ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="At most N images this run.")] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Analyse and match faces, write nothing (no recluster).")
+        bool, typer.Option("--dry-run", help="Analyse and match faces, write nothing.")
     ] = False,
 ) -> None:
     """After switching MODEL_PACK / MODEL_DIR: analyse the stored images again with the current pack and
@@ -124,14 +174,29 @@ def repack(
     if from_pack == settings.model_pack:
         typer.echo(f"--from-pack {from_pack} is the current model pack: nothing to do", err=True)
         raise typer.Exit(2)
-    from image_grouping.handlers.repack import repack as repack_images
+    from image_grouping.bootstrap import bootstrap
+    from image_grouping.handlers.repack import RepackSummary, count_images_to_repack, repack_images
 
-    summary = asyncio.run(repack_images(settings, from_pack=from_pack, dry_run=settings.dry_run, limit=limit))
-    typer.echo(str(summary))
-    if summary.repacked and not settings.dry_run:
-        from image_grouping.handlers.recognition import run_full_recluster
+    async def run() -> None:
+        async with bootstrap(settings, local_files=True, load_models=True) as adapters:
+            deps = adapters.detection_deps()
+            total = await count_images_to_repack(deps, from_pack)
+            total = total if limit is None else min(total, limit)
+            with _progress(total, f"repacking to {settings.model_pack}") as progress:
 
-        typer.echo(asyncio.run(run_full_recluster(settings)))
+                def on_page(summary: RepackSummary, problems: list[str]) -> None:
+                    for line in problems:
+                        progress.write(line)
+                    progress.n = summary.images
+                    progress.set_postfix(faces=summary.faces, carried=summary.carried, failed=summary.failed)
+
+                summary = await repack_images(deps, from_pack=from_pack, limit=limit, on_page=on_page)
+            dry = " (dry run, nothing written)" if settings.dry_run else ""
+            typer.echo(f"{summary}{dry}")
+            if summary.repacked:
+                typer.echo(await _recluster(adapters, reason="repack"))
+
+    asyncio.run(run())
 
 
 @app.command()
@@ -140,12 +205,21 @@ def migrate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the SQL, change nothing.")] = False,
 ) -> None:
     """Create or upgrade the database schema to the latest revision."""
-    settings = _settings(database_url=db, dry_run=dry_run or None)
-    from image_grouping.storage.migrations import upgrade_database
+    settings = _settings(database_url=db)
+    if dry_run:
+        from image_grouping.storage import database_url
+        from image_grouping.storage.migrations import render_upgrade_sql
 
-    upgrade_database(settings, sql_only=dry_run)
-    if not dry_run:
-        typer.echo("database schema is up to date")
+        render_upgrade_sql(database_url(settings))
+        return
+    from image_grouping.bootstrap import bootstrap
+
+    async def run() -> None:
+        async with bootstrap(settings):  # brings the schema up to date
+            pass
+
+    asyncio.run(run())
+    typer.echo("database schema is up to date")
 
 
 @app.command()
@@ -155,10 +229,21 @@ def report(
 ) -> None:
     """Write a static HTML gallery of the persons and print its path."""
     settings = _settings(database_url=db)
+    from image_grouping.bootstrap import bootstrap
     from image_grouping.report.gallery import write_gallery
 
-    path = asyncio.run(write_gallery(settings, out))
-    typer.echo(str(path))
+    async def run() -> Path:
+        async with bootstrap(settings) as adapters:
+            return await write_gallery(adapters.unit_of_work, settings.system_storage, out)
+
+    typer.echo(str(asyncio.run(run())))
+
+
+def _progress(total: int, description: str) -> tqdm:
+    """A progress bar on a terminal; nothing when stderr is a file or a pipe (logs, JSON output)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc=description, disable=None)
 
 
 @app.command()

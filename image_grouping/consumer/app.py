@@ -24,11 +24,25 @@ from image_grouping.consumer.liveness import keep_alive
 from image_grouping.consumer.publisher import BrokerPublisher, DryRunPublisher, Publisher
 from image_grouping.consumer.routes import detection_route, recognition_route
 from image_grouping.consumer.topology import declare_topology
-from image_grouping.consumer.worker import Route, Worker
+from image_grouping.consumer.worker import (
+    Acknowledger,
+    BrokerAcknowledger,
+    HoldingAcknowledger,
+    Route,
+    Worker,
+)
 from image_grouping.errors import BadInputError
-from image_grouping.handlers.detection import handle_image_uploaded
-from image_grouping.models.messages import PERIODIC, ImageUploaded, ReclusterRequested, new_event
+from image_grouping.handlers.detection import handle_images_uploaded
+from image_grouping.handlers.recognition import handle_faces_detected, handle_recluster_requested
+from image_grouping.models.messages import (
+    PERIODIC,
+    FacesDetected,
+    ImageUploaded,
+    ReclusterRequested,
+    new_event,
+)
 from image_grouping.observability import DETECTION, RECOGNITION, configure_logging, start_metrics_server
+from image_grouping.retry import backoff
 
 log = structlog.get_logger(__name__)
 
@@ -45,15 +59,15 @@ async def run_service(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("starting", service=settings.service, mode=settings.mode, dry_run=settings.dry_run)
-    adapters = await _until_stopped(bootstrap(settings), stop)
-    if adapters is None:
-        return 0
-    try:
+    detection = settings.service in (DETECTION, "both")
+    async with contextlib.AsyncExitStack() as stack:
+        services = bootstrap(settings, load_models=detection, wait_for_database=True)
+        adapters = await _until_stopped(stack.enter_async_context(services), stop)
+        if adapters is None:
+            return 0
         if settings.mode == "oneshot":
             return await run_oneshot(adapters)
         return await run_loop(adapters, stop)
-    finally:
-        await adapters.close()
 
 
 async def run_loop(adapters: Adapters, stop: asyncio.Event) -> int:
@@ -69,9 +83,12 @@ async def run_loop(adapters: Adapters, stop: asyncio.Event) -> int:
         topology = await declare_topology(consume_channel, settings)
         exchange = await publish_channel.get_exchange(settings.exchange_name)
         dead_letter_exchange = await publish_channel.get_exchange(settings.dead_letter_exchange)
-        publisher: Publisher = (
-            DryRunPublisher() if settings.dry_run else BrokerPublisher(exchange, dead_letter_exchange)
-        )
+        publisher: Publisher
+        acknowledger: Acknowledger
+        if adapters.dry_run:
+            publisher, acknowledger = DryRunPublisher(), HoldingAcknowledger()
+        else:
+            publisher, acknowledger = BrokerPublisher(exchange, dead_letter_exchange), BrokerAcknowledger()
 
         routes: list[Route] = []
         if settings.service in (DETECTION, "both"):
@@ -84,12 +101,7 @@ async def run_loop(adapters: Adapters, stop: asyncio.Event) -> int:
             )
             recluster_queue = await recognition_channel.get_queue(topology.recluster_queue.name)
             routes.append(recognition_route(recluster_queue, adapters))
-        worker = Worker(
-            routes,
-            publisher,
-            adapters.probe_database,
-            dry_run=settings.dry_run,
-        )
+        worker = Worker(routes, publisher, acknowledger, adapters.probe_database)
         background = [
             asyncio.create_task(
                 keep_alive(
@@ -118,7 +130,7 @@ async def run_loop(adapters: Adapters, stop: asyncio.Event) -> int:
 async def run_oneshot(adapters: Adapters) -> int:
     """Analyse every image of the database without a result, then regroup; 0 when all went through."""
     settings = adapters.settings
-    face_ids: list[int] = []
+    detected: list[FacesDetected] = []
     failed = 0
     if settings.service in (DETECTION, "both"):
         deps = adapters.detection_deps()
@@ -128,34 +140,41 @@ async def run_oneshot(adapters: Adapters) -> int:
                 batch = [image for image in await uow.images.pending(PENDING_BATCH) if image.id not in seen]
             if not batch:
                 break
-            for image in batch:
-                seen.add(image.id)
-                event = ImageUploaded(image_id=image.source_id or str(image.id), path=image.source_path)
-                with structlog.contextvars.bound_contextvars(service=DETECTION, image_id=event.image_id):
-                    try:
-                        for detected in await handle_image_uploaded(event, deps):
-                            face_ids.extend(detected.face_ids)
-                    except BadInputError as error:
+            seen.update(image.id for image in batch)
+            for start in range(0, len(batch), settings.detection_batch_size):
+                events = [
+                    ImageUploaded(image_id=image.source_id or str(image.id), path=image.source_path)
+                    for image in batch[start : start + settings.detection_batch_size]
+                ]
+                with structlog.contextvars.bound_contextvars(service=DETECTION):
+                    outcomes = await handle_images_uploaded(events, deps)
+                for event, outcome in zip(events, outcomes, strict=True):
+                    if isinstance(outcome, BadInputError):
                         failed += 1
-                        log.warning("bad input", reason=error.reason, detail=str(error))
-        log.info("pending images processed", images=len(seen), failed=failed, faces=len(face_ids))
+                        log.warning(
+                            "bad input",
+                            service=DETECTION,
+                            image_id=event.image_id,
+                            reason=outcome.reason,
+                            detail=str(outcome),
+                        )
+                    else:
+                        detected.extend(each for each in outcome if isinstance(each, FacesDetected))
+        faces = sum(each.face_count for each in detected)
+        log.info("pending images processed", images=len(seen), failed=failed, faces=faces)
 
     if settings.service in (RECOGNITION, "both"):
+        grouping = adapters.grouping_deps()
         with structlog.contextvars.bound_contextvars(service=RECOGNITION):
-            from image_grouping.handlers.recognition import assign_new_faces, recluster_all
-
-            async with adapters.unit_of_work() as uow:
-                if settings.recluster_requested:
-                    changes = await recluster_all(
-                        settings.model_pack, uow, settings, dry_run=settings.dry_run
-                    )
-                elif face_ids:
-                    changes = await assign_new_faces(face_ids, settings.model_pack, uow, settings)
-                else:
-                    changes = None
-                if not settings.dry_run:
-                    await uow.commit()
-            log.info("grouping done", changes=changes.to_event_data() if changes else None)
+            if settings.recluster_requested:
+                request = ReclusterRequested(model_pack=settings.model_pack, reason="oneshot")
+                outcomes = await handle_recluster_requested([request], grouping)
+            else:
+                outcomes = await handle_faces_detected(detected, grouping)
+        updates = [
+            event.model_dump() for outcome in outcomes if isinstance(outcome, list) for event in outcome
+        ]
+        log.info("grouping done", service=RECOGNITION, changes=updates)
     return 0
 
 
@@ -171,17 +190,13 @@ async def _request_reclusters(publisher: Publisher, settings: Settings) -> None:
 
 async def _connect(settings: Settings) -> AbstractRobustConnection:
     """A robust connection (it reconnects by itself once made); the first one is retried here."""
-    delay = 0.5
-    while True:
-        try:
+    async for attempt in backoff("broker", retry_on=(ConnectionError, OSError, AMQPError)):
+        with attempt:
             return await aio_pika.connect_robust(
                 settings.rabbitmq_url.get_secret_value(),
                 client_properties={"connection_name": f"image-grouping {settings.service}"},
             )
-        except (ConnectionError, OSError, AMQPError) as error:
-            log.warning("broker unreachable at start, retrying", error=repr(error), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    raise AssertionError("unreachable: the backoff retries until connected")
 
 
 def _connected(connection: AbstractRobustConnection) -> bool:

@@ -13,6 +13,7 @@ from aiormq.exceptions import AMQPError
 
 from image_grouping.errors import BadInputError
 from image_grouping.models.messages import Envelope
+from image_grouping.retry import backoff
 
 log = structlog.get_logger(__name__)
 
@@ -95,12 +96,8 @@ class DryRunPublisher:
 
 
 async def _with_retries(publish: Callable[[], Awaitable[object]], *, what: str) -> None:
-    delay = 0.2
-    while True:
-        try:
+    async for attempt in backoff(
+        f"publish {what}", retry_on=TRANSIENT_BROKER_ERRORS, initial=0.2, maximum=5.0
+    ):
+        with attempt:
             await publish()
-            return
-        except TRANSIENT_BROKER_ERRORS as error:
-            log.warning("publish failed, retrying", what=what, error=repr(error), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)

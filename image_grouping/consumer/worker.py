@@ -8,12 +8,15 @@
   down it stops consuming, probes with backoff and resumes, and the messages it holds wait. A failure
   that repeats while the dependencies are up (a bug) is requeued after a few tries; a message that keeps
   coming back is dead-lettered by the broker's delivery limit.
-- A route may batch one event type: consecutive messages of it are handled in one call (up to a size,
-  or until none more arrives within a wait), acknowledged together after it, but for those the handler
-  refused as bad input, which are dead-lettered. Messages are handled in the order they arrive: another
-  event type closes the open batch and waits for it.
+- Every handler takes a batch and returns one outcome per message. Consecutive messages of one event
+  type are handled in one call (up to the type's batch size, or until none more arrives within its
+  wait; a batch size of 1 handles each alone), acknowledged together after it, but for those the
+  handler refused as bad input, which are dead-lettered. Messages are handled in the order they arrive:
+  another event type closes the open batch and waits for it.
 - `drain()` stops consuming, lets in-flight messages finish within the grace period and hands the rest
   back to the broker.
+- What "acknowledge" means is the `Acknowledger`'s: the broker's ack, or (--dry-run) holding the message,
+  so that it goes back to the queue when the worker stops.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
+import tenacity
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
 from aio_pika.exceptions import MessageProcessError
 
 from image_grouping.consumer.publisher import TRANSIENT_BROKER_ERRORS, Publisher
 from image_grouping.errors import BadInputError
+from image_grouping.handlers.ports import Outcome
 from image_grouping.models.messages import Envelope, EventData, new_event, parse_event
 from image_grouping.observability import (
     MESSAGES_FAILED,
@@ -39,11 +44,11 @@ from image_grouping.observability import (
     PROCESSING_SECONDS,
     QUEUE_LAG_SECONDS,
 )
+from image_grouping.retry import backoff
 
 log = structlog.get_logger(__name__)
 
-Handler = Callable[[Any], Awaitable[Sequence[EventData]]]  # event data -> events to publish
-BatchHandler = Callable[[Sequence[Any]], Awaitable["BatchResult"]]  # many event data -> what they did
+BatchHandler = Callable[[Sequence[Any]], Awaitable[list[Outcome]]]  # event data -> one outcome each
 Probe = Callable[[], Awaitable[None]]
 
 # Tries of a message whose handler fails while the database answers, before it is requeued.
@@ -52,41 +57,43 @@ MAX_BACKOFF_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
+class Handling:
+    """What one event type does: `handler` takes consecutive messages of the type, up to `batch_size`,
+    gathered until none more arrives within `wait_seconds`."""
+
+    handler: BatchHandler
+    batch_size: int = 1
+    wait_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class Route:
-    """A queue, what each event type arriving on it does (`batch`: one type handled many at a time), and
-    how many of its messages (or batches) run at once; `service` tags the log lines."""
+    """A queue, what each event type arriving on it does, and how many of its batches run at once;
+    `service` tags the log lines."""
 
     queue: AbstractQueue
     service: str
-    handlers: Mapping[type[EventData], Handler]
+    handlings: Mapping[type[EventData], Handling]
     max_in_flight: int = 1
-    batch: BatchPolicy | None = None
-
-    @property
-    def event_types(self) -> tuple[type[EventData], ...]:
-        batched = () if self.batch is None else (self.batch.event_type,)
-        return (*self.handlers, *batched)
 
 
-@dataclass(frozen=True)
-class BatchPolicy:
-    """Consecutive `event_type` messages go to one `handler` call: up to `size` of them, gathered until
-    none more arrives within `wait_seconds`."""
-
-    event_type: type[EventData]
-    handler: BatchHandler
-    size: int
-    wait_seconds: float
+class Acknowledger(Protocol):
+    async def acknowledge(self, messages: Sequence[AbstractIncomingMessage]) -> None: ...
 
 
-@dataclass(frozen=True)
-class BatchResult:
-    """What a batch handler did: the events to publish for the messages it handled, and the messages it
-    refused as bad input, by their index in the batch. Those are dead-lettered with their reason; the
-    others are acknowledged."""
+class BrokerAcknowledger:
+    """Acknowledges to the broker, all messages side by side (the broker takes them in one go)."""
 
-    events: Sequence[EventData]
-    refused: Mapping[int, BadInputError] = field(default_factory=dict)
+    async def acknowledge(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        await asyncio.gather(*(_settle(message.ack) for message in messages))
+
+
+class HoldingAcknowledger:
+    """--dry-run: nothing is acknowledged (an acknowledged message would be gone without its result, a
+    requeued one would come straight back); the broker takes the messages back when the worker stops."""
+
+    async def acknowledge(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        log.info("dry run: messages left unacknowledged", count=len(messages))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,7 @@ class _Delivery:
 class _OpenBatch:
     """Messages waiting to be handled together; the task of the first one (its leader) handles them."""
 
+    handling: Handling
     deliveries: list[_Delivery]
     grew: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
@@ -109,14 +117,13 @@ class Worker:
         self,
         routes: Sequence[Route],
         publisher: Publisher,
+        acknowledger: Acknowledger,
         probe: Probe,
-        *,
-        dry_run: bool = False,
     ) -> None:
         self._routes = routes
         self._publisher = publisher
+        self._acknowledger = acknowledger
         self._probe = probe
-        self._dry_run = dry_run
         self._slots = {route.queue.name: asyncio.Semaphore(route.max_in_flight) for route in routes}
         self._consumer_tags: dict[str, ConsumerTag] = {}
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -169,7 +176,7 @@ class Worker:
                 service=route.service, message_id=message.message_id, redelivered=message.redelivered
             ):
                 try:
-                    delivery = _Delivery(message, parse_event(message.body, *route.event_types))
+                    delivery = _Delivery(message, parse_event(message.body, *route.handlings))
                 except BadInputError as error:
                     await self._dead_letter(
                         route, message, error, event_type=message.routing_key or "unknown"
@@ -185,7 +192,7 @@ class Worker:
                     if self._stopping:  # prefetched, never started: give them back untouched
                         await _give_back([each.message for each in batch.deliveries])
                         return
-                    await self._process(route, batch.deliveries)
+                    await self._process(route, batch.handling, batch.deliveries)
         except asyncio.CancelledError:
             if batch is None:
                 await _give_back([message])
@@ -198,29 +205,27 @@ class Worker:
 
     def _join_batch(self, route: Route, delivery: _Delivery) -> _OpenBatch | None:
         """The batch this message's task leads, or None when it joined one that another task leads."""
+        handling = route.handlings[type(delivery.event.data)]
         open_batch = self._open_batches.get(route.queue.name)
-        if route.batch is None or not isinstance(delivery.event.data, route.batch.event_type):
-            if open_batch is not None:  # handled after the batch before it, and alone
+        if open_batch is not None and open_batch.handling is handling:
+            open_batch.deliveries.append(delivery)
+            open_batch.grew.set()
+            if len(open_batch.deliveries) >= handling.batch_size:
                 self._close_batch(route, open_batch)
-            return _OpenBatch([delivery], closed=True)
-        if open_batch is None:
-            open_batch = self._open_batches[route.queue.name] = _OpenBatch([])
-            led: _OpenBatch | None = open_batch
-        else:
-            led = None
-        open_batch.deliveries.append(delivery)
-        open_batch.grew.set()
-        if len(open_batch.deliveries) >= route.batch.size:
+            return None
+        if open_batch is not None:  # another type: the batch before it is handled first, as it is
             self._close_batch(route, open_batch)
+        led = _OpenBatch(handling, [delivery], closed=handling.batch_size <= 1)
+        if not led.closed:
+            self._open_batches[route.queue.name] = led
         return led
 
     async def _gather(self, route: Route, batch: _OpenBatch) -> None:
         """Let the batch grow until it is full or closed, or no message joins within the wait."""
-        assert route.batch is not None
         while not batch.closed and not self._stopping:
             batch.grew.clear()
             try:
-                async with asyncio.timeout(route.batch.wait_seconds):
+                async with asyncio.timeout(batch.handling.wait_seconds):
                     await batch.grew.wait()
             except TimeoutError:
                 break
@@ -232,7 +237,7 @@ class Worker:
         if self._open_batches.get(route.queue.name) is batch:
             del self._open_batches[route.queue.name]
 
-    async def _process(self, route: Route, deliveries: Sequence[_Delivery]) -> None:
+    async def _process(self, route: Route, handling: Handling, deliveries: Sequence[_Delivery]) -> None:
         started = time.perf_counter()
         event_type = deliveries[0].event.type
         subject = (
@@ -245,33 +250,35 @@ class Worker:
                 lag = (datetime.now(UTC) - each.event.time).total_seconds()
                 QUEUE_LAG_SECONDS.labels(event_type).observe(max(lag, 0.0))
             try:
-                result = await self._handle_with_retries(route, deliveries)
+                outcomes = await self._handle_with_retries(handling, deliveries)
             except BadInputError as error:  # refused as a whole: find the bad one by handling each alone
                 log.warning("batch refused: handling its messages one by one", detail=str(error))
                 for each in deliveries:
-                    await self._process(route, [each])
+                    await self._process(route, handling, [each])
                 return
-            if result is None:
+            if outcomes is None:
                 return
-            for index, refusal in result.refused.items():
-                with structlog.contextvars.bound_contextvars(
-                    message_id=deliveries[index].message.message_id,
-                    image_id=getattr(deliveries[index].event.data, "image_id", None),
-                ):
-                    await self._dead_letter(route, deliveries[index].message, refusal, event_type=event_type)
-            handled = [each for index, each in enumerate(deliveries) if index not in result.refused]
+            handled: list[_Delivery] = []
+            events: list[EventData] = []
+            for each, outcome in zip(deliveries, outcomes, strict=True):
+                if isinstance(outcome, BadInputError):
+                    with structlog.contextvars.bound_contextvars(
+                        message_id=each.message.message_id,
+                        image_id=getattr(each.event.data, "image_id", None),
+                    ):
+                        await self._dead_letter(route, each.message, outcome, event_type=event_type)
+                else:
+                    handled.append(each)
+                    events.extend(outcome)
             if not handled:
                 return
             # Side by side: the broker takes them in one go and confirms them together.
-            await asyncio.gather(*(self._publisher.publish(new_event(data)) for data in result.events))
-            if self._dry_run:
-                log.info("dry run: messages left unacknowledged", count=len(handled))
-                return
-            await asyncio.gather(*(_settle(each.message.ack) for each in handled))
+            await asyncio.gather(*(self._publisher.publish(new_event(data)) for data in events))
+            await self._acknowledger.acknowledge([each.message for each in handled])
             elapsed = time.perf_counter() - started
             MESSAGES_HANDLED.labels(event_type).inc(len(handled))
             PROCESSING_SECONDS.labels(event_type).observe(elapsed)
-            published = [data.event_type for data in result.events]
+            published = [data.event_type for data in events]
             # A line per message, with its own ids, also when it was handled in a batch.
             for each in handled:
                 log.info(
@@ -282,44 +289,46 @@ class Worker:
                     published=published,
                 )
 
-    async def _handle_with_retries(self, route: Route, deliveries: Sequence[_Delivery]) -> BatchResult | None:
-        """What the handler did (bad input it raised for a single message: that message refused), or
-        None when the messages were requeued.
+    async def _handle_with_retries(
+        self, handling: Handling, deliveries: Sequence[_Delivery]
+    ) -> list[Outcome] | None:
+        """One outcome per message (bad input raised for a single message: its refusal), or None when
+        the messages were requeued.
 
         A batch handler that raises bad input refuses the whole batch: that is raised, and the caller
-        handles its messages one by one.
+        handles its messages one by one. Other failures are retried with backoff; those that come while
+        the database is down wait for it and do not count towards requeueing.
         """
         event_type = deliveries[0].event.type
-        failures = 0
-        delay = 0.5
-        while True:
-            await self._healthy.wait()
-            try:
-                return await self._call_handler(route, deliveries)
-            except BadInputError as error:
-                if len(deliveries) > 1:
-                    raise
-                return BatchResult([], {0: error})
-            except Exception as error:
-                MESSAGES_FAILED.labels(event_type, "transient").inc(len(deliveries))
-                if await self._dependencies_down(error):
-                    continue  # waits for the recovery to resume, without counting the failure
-                failures += 1
-                if failures >= FAILURES_BEFORE_REQUEUE:
-                    log.exception("handler keeps failing while the database is up: requeueing")
-                    await _give_back([each.message for each in deliveries])
-                    return None
-                log.warning("handler failed, retrying", error=repr(error), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-
-    @staticmethod
-    async def _call_handler(route: Route, deliveries: Sequence[_Delivery]) -> BatchResult:
         data = [each.event.data for each in deliveries]
-        if route.batch is not None and isinstance(data[0], route.batch.event_type):
-            return await route.batch.handler(data)
-        (single,) = data
-        return BatchResult(await route.handlers[type(single)](single))
+        failures = 0
+        exponential = tenacity.wait_exponential(multiplier=0.5, min=0.5, max=MAX_BACKOFF_SECONDS)
+        retrying = backoff(
+            "handler",
+            stop=lambda _: failures >= FAILURES_BEFORE_REQUEUE,
+            wait=lambda state: 0.0 if self.paused else exponential(state),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._healthy.wait()
+                    try:
+                        return await handling.handler(data)
+                    except BadInputError as error:
+                        refusal = error
+                        break
+                    except Exception as error:
+                        MESSAGES_FAILED.labels(event_type, "transient").inc(len(deliveries))
+                        if not await self._dependencies_down(error):
+                            failures += 1
+                        raise
+        except Exception:
+            log.exception("handler keeps failing while the database is up: requeueing")
+            await _give_back([each.message for each in deliveries])
+            return None
+        if len(deliveries) > 1:
+            raise refusal
+        return [refusal]
 
     async def _dead_letter(
         self, route: Route, message: AbstractIncomingMessage, error: BadInputError, *, event_type: str
@@ -327,8 +336,7 @@ class Worker:
         MESSAGES_FAILED.labels(event_type, error.reason).inc()
         log.warning("bad input: dead-lettering", reason=error.reason, detail=str(error))
         await self._publisher.dead_letter(message, route.queue.name, error)
-        if not self._dry_run:
-            await _settle(message.ack)
+        await self._acknowledger.acknowledge([message])
 
     async def _dependencies_down(self, error: Exception) -> bool:
         """Whether the database is down (pausing consumption if it just went down)."""
@@ -346,15 +354,12 @@ class Worker:
             return True
 
     async def _recover(self) -> None:
-        delay = 0.5
+        """Probe the database with backoff until it answers, then consume again."""
         while True:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-            try:
-                await self._probe()
-            except Exception as error:
-                log.info("database still down", error=repr(error), retry_in=delay)
-                continue
+            await asyncio.sleep(0.5)
+            async for attempt in backoff("database probe", maximum=MAX_BACKOFF_SECONDS):
+                with attempt:
+                    await self._probe()
             self._healthy.set()
             if self._stopping:
                 return
@@ -363,6 +368,7 @@ class Worker:
             except TRANSIENT_BROKER_ERRORS as error:
                 log.warning("cannot resume consuming yet", error=repr(error))
                 self._healthy.clear()
+                await asyncio.sleep(MAX_BACKOFF_SECONDS / 10)
                 continue
             log.info("database back: consumption resumed")
             return

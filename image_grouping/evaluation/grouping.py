@@ -27,7 +27,10 @@ from tqdm import tqdm
 
 from image_grouping.config import Settings
 from image_grouping.errors import BadInputError
+from image_grouping.handlers.ports import UnitOfWorkFactory
 from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
+from image_grouping.models.messages import FacesDetected, ReclusterRequested
+from image_grouping.models.records import ImageResult
 
 log = structlog.get_logger(__name__)
 
@@ -163,7 +166,7 @@ def _analyse(settings: Settings, images: Path, rows: list[tuple[str, str]]) -> L
     kept: list[tuple[str, str, DetectedFace]] = []
     missing = 0
     try:
-        for path, label in tqdm(rows, desc="analysing", unit="image"):
+        for path, label in tqdm(rows, desc="analysing", unit="image", disable=None):
             try:
                 analysis = analyzer.analyze((images / path).read_bytes())
             except BadInputError:
@@ -201,36 +204,37 @@ def _nearest_centre(analysis: ImageAnalysis) -> DetectedFace | None:
 
 
 async def _group_as_the_service(settings: Settings, faces: LabelledFaces, seed: int) -> GroupingEvaluation:
-    from image_grouping.handlers.recognition import assign_new_faces, recluster_all
-    from image_grouping.storage import SqlUnitOfWork, create_engine, ensure_schema
+    """The faces arrive in a shuffled order, in `faces.detected` batches, through the service's own
+    grouping handlers (on a temporary SQLite database); then one recluster."""
+    from image_grouping.bootstrap import bootstrap
+    from image_grouping.handlers.recognition import handle_faces_detected, handle_recluster_requested
 
+    pack = settings.model_pack
     with tempfile.TemporaryDirectory() as folder:
         settings = settings.model_copy(
             update={"database_url": SecretStr(f"sqlite+aiosqlite:///{folder}/eval.sqlite3"), "dry_run": False}
         )
-        engine = create_engine(settings)
-        try:
-            await ensure_schema(engine)
-            face_ids = await _store_faces(engine, settings.model_pack, faces)
+        async with bootstrap(settings) as adapters:
+            deps = adapters.grouping_deps()
+            face_ids = await _store_faces(adapters.unit_of_work, pack, faces)
             order = np.random.default_rng(seed).permutation(len(faces))
             started = time.perf_counter()
-            for start in tqdm(range(0, len(order), BATCH_SIZE), desc="incremental", unit="batch"):
-                async with SqlUnitOfWork(engine) as uow:
-                    batch = face_ids[order[start : start + BATCH_SIZE]].tolist()
-                    await assign_new_faces(batch, settings.model_pack, uow, settings)
-                    await uow.commit()
+            for start in tqdm(
+                range(0, len(order), BATCH_SIZE), desc="incremental", unit="batch", disable=None
+            ):
+                batch = face_ids[order[start : start + BATCH_SIZE]].tolist()
+                detected = FacesDetected(
+                    image_id="eval", face_ids=batch, face_count=len(batch), model_pack=pack
+                )
+                await handle_faces_detected([detected], deps)
             incremental_seconds = time.perf_counter() - started
-            incremental = await _persons_of(engine, settings.model_pack, face_ids)
+            incremental = await _persons_of(adapters.unit_of_work, pack, face_ids)
             started = time.perf_counter()
-            async with SqlUnitOfWork(engine) as uow:
-                await recluster_all(settings.model_pack, uow, settings, dry_run=False)
-                await uow.commit()
+            await handle_recluster_requested([ReclusterRequested(model_pack=pack, reason="eval")], deps)
             recluster_seconds = time.perf_counter() - started
-            reclustered = await _persons_of(engine, settings.model_pack, face_ids)
-        finally:
-            await engine.dispose()
+            reclustered = await _persons_of(adapters.unit_of_work, pack, face_ids)
     return GroupingEvaluation(
-        model_pack=settings.model_pack,
+        model_pack=pack,
         faces=len(faces),
         images_without_face=faces.images_without_face,
         incremental=clustering_scores(faces.labels, incremental),
@@ -240,12 +244,10 @@ async def _group_as_the_service(settings: Settings, faces: LabelledFaces, seed: 
     )
 
 
-async def _store_faces(engine: object, model_pack: str, faces: LabelledFaces) -> np.ndarray:
-    """One image row per labelled face, written with the detection handler's own `save_analysis`."""
-    from image_grouping.storage import SqlUnitOfWork
-
-    face_ids = []
-    async with SqlUnitOfWork(engine) as uow:  # type: ignore[arg-type]
+async def _store_faces(unit_of_work: UnitOfWorkFactory, model_pack: str, faces: LabelledFaces) -> np.ndarray:
+    """One image row per labelled face, written with the detection handler's own `save_analyses`."""
+    results = []
+    async with unit_of_work() as uow:
         for row, path in enumerate(faces.paths.tolist()):
             image = await uow.images.get_or_create(None, path)
             face = DetectedFace(
@@ -263,15 +265,14 @@ async def _store_faces(engine: object, model_pack: str, faces: LabelledFaces) ->
             )
             analysis = ImageAnalysis(width=250, height=250, model_pack=model_pack, faces=[face])
             content_hash = hashlib.sha256(path.encode()).hexdigest()
-            face_ids.extend(await uow.save_analysis(image.id, content_hash, 0, analysis, [None]))
+            results.append(ImageResult(image.id, content_hash, 0, analysis, [None]))
+        face_ids = await uow.images.save_analyses(results)
         await uow.commit()
-    return np.array(face_ids, np.int64)
+    return np.array([ids[0] for ids in face_ids], np.int64)
 
 
-async def _persons_of(engine: object, model_pack: str, face_ids: np.ndarray) -> np.ndarray:
-    from image_grouping.storage import SqlUnitOfWork
-
-    async with SqlUnitOfWork(engine) as uow:  # type: ignore[arg-type]
+async def _persons_of(unit_of_work: UnitOfWorkFactory, model_pack: str, face_ids: np.ndarray) -> np.ndarray:
+    async with unit_of_work() as uow:
         stored = await uow.faces.load_for_grouping(model_pack)
     person_of = dict(zip(stored.face_ids.tolist(), stored.person_ids.tolist(), strict=True))
     return np.array([person_of[face_id] for face_id in face_ids.tolist()], np.int64)

@@ -1,84 +1,84 @@
-"""`image.uploaded`: find the image's faces, store them with their thumbnails, announce `faces.detected`."""
+"""`image.uploaded`: find the images' faces, store them with their thumbnails, announce `faces.detected`.
+
+The one detection flow of every entry point: the service's consumer and MODE=oneshot, the local scan
+(which skips bytes this pack already analysed) and repack (which carries persons over from the old
+pack's faces in the same transaction).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 import structlog
 
 from image_grouping.errors import BadInputError
+from image_grouping.handlers.ports import (
+    Analyzer,
+    ImageFiles,
+    Outcome,
+    Thumbnails,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.messages import FacesDetected, ImageUploaded
-from image_grouping.models.records import ImageResult
-from image_grouping.storage import SqlUnitOfWork, read_image_file
+from image_grouping.models.records import ImageRecord, ImageResult
 
 log = structlog.get_logger(__name__)
 
 
-class Analyzer(Protocol):
-    model_pack: str
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """An image whose faces a batch stored: its row, its face ids (in face order) and the analysis."""
 
-    async def analyze_async(self, data: bytes) -> ImageAnalysis: ...
+    image: ImageRecord
+    face_ids: list[int]
+    analysis: ImageAnalysis
 
 
-class Thumbnails(Protocol):
-    def save_faces(self, image_id: int, analysis: ImageAnalysis) -> list[str]: ...
-
-
-class PathResolver(Protocol):
-    def resolve(self, stored_path: str) -> Path: ...
+# A step run inside the transaction that stores a batch's faces, before its commit.
+AfterStore = Callable[[UnitOfWork, Sequence[StoredImage]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
 class DetectionDeps:
     analyzer: Analyzer
-    unit_of_work: Callable[[], SqlUnitOfWork]
+    unit_of_work: UnitOfWorkFactory
     thumbnails: Thumbnails
-    paths: PathResolver
-    max_image_bytes: int
-    dry_run: bool = False
+    files: ImageFiles
+    # The local scan: bytes this pack already analysed (or refused) under any path are not analysed again.
+    skip_known_content: bool = False
+    # Repack: an image that cannot be read keeps its old result instead of being marked failed.
+    record_failures: bool = True
+    after_store: AfterStore | None = None
 
 
-async def handle_image_uploaded(event: ImageUploaded, deps: DetectionDeps) -> list[FacesDetected]:
-    """One image: `handle_images_uploaded` of a batch of one; bad input is raised (BadInputError)."""
-    (outcome,) = await handle_images_uploaded([event], deps)
-    if isinstance(outcome, BadInputError):
-        raise outcome
-    return [outcome]
-
-
-async def handle_images_uploaded(
-    events: Sequence[ImageUploaded], deps: DetectionDeps
-) -> list[FacesDetected | BadInputError]:
+async def handle_images_uploaded(events: Sequence[ImageUploaded], deps: DetectionDeps) -> list[Outcome]:
     """Analyse the images side by side and commit their faces in one transaction; idempotent, so a
     redelivered message stores its faces once.
 
-    One outcome per event, in their order: its `faces.detected`, or the BadInputError that refused it (a
-    path outside the images root, a missing, unreadable or oversized image), that image marked failed.
-    The others are stored all the same. Anything else is transient: raised, with nothing stored, and
-    the consumer retries the batch.
+    One outcome per event, in their order: its `faces.detected` (none for content skipped as known), or
+    the BadInputError that refused it (a path outside the images root, a missing, unreadable or oversized
+    image), that image marked failed. The others are stored all the same. Anything else is transient:
+    raised, with nothing stored, and the caller retries the batch.
     """
-    outcomes = await asyncio.gather(*(_load(event, deps) for event in events), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException) and not isinstance(outcome, BadInputError):
-            raise outcome
-    good = [(event, item) for event, item in zip(events, outcomes, strict=True) if isinstance(item, _Loaded)]
+    loaded = await asyncio.gather(*(_load(event, deps) for event in events), return_exceptions=True)
+    for item in loaded:
+        if isinstance(item, BaseException) and not isinstance(item, BadInputError):
+            raise item
+    good = [(event, item) for event, item in zip(events, loaded, strict=True) if isinstance(item, _Loaded)]
     detected = iter(await _store(good, deps) if good else [])
-    return [outcome if isinstance(outcome, BadInputError) else next(detected) for outcome in outcomes]
+    return [
+        item if isinstance(item, BadInputError) else [] if item is None else [next(detected)]
+        for item in loaded
+    ]
 
 
 async def _store(loaded: Sequence[tuple[ImageUploaded, _Loaded]], deps: DetectionDeps) -> list[FacesDetected]:
     """Register the analysed images, write their thumbnails, store their faces in one transaction;
     their `faces.detected`."""
-    if deps.dry_run:
-        faces = sum(len(item.analysis.faces) for _, item in loaded)
-        log.info("dry run: faces found, nothing written", faces=faces)
-        return [_faces_detected(event, [], item.analysis.model_pack) for event, item in loaded]
-
     # Two commits for the whole batch rather than a few per image: round trips are where the service
     # spends its time.
     async with deps.unit_of_work() as uow:
@@ -93,16 +93,26 @@ async def _store(loaded: Sequence[tuple[ImageUploaded, _Loaded]], deps: Detectio
                 for image, (_, item) in zip(images, loaded, strict=True)
             ]
         )
-        face_ids = await uow.save_analyses(
+        face_ids = await uow.images.save_analyses(
             [
                 ImageResult(image.id, item.content_hash, item.size_bytes, item.analysis, paths)
                 for image, (_, item), paths in zip(images, loaded, thumbnail_paths, strict=True)
             ]
         )
+        if deps.after_store is not None:
+            await deps.after_store(
+                uow,
+                [
+                    StoredImage(image, ids, item.analysis)
+                    for image, (_, item), ids in zip(images, loaded, face_ids, strict=True)
+                ],
+            )
         await uow.commit()
     log.debug("faces stored", images=len(loaded), faces=sum(len(ids) for ids in face_ids))
     return [
-        _faces_detected(event, ids, item.analysis.model_pack)
+        FacesDetected(
+            image_id=event.image_id, face_ids=ids, face_count=len(ids), model_pack=item.analysis.model_pack
+        )
         for (event, item), ids in zip(loaded, face_ids, strict=True)
     ]
 
@@ -114,22 +124,25 @@ class _Loaded:
     analysis: ImageAnalysis
 
 
-async def _load(event: ImageUploaded, deps: DetectionDeps) -> _Loaded:
-    """Read and analyse one image; bad input is recorded (outside a dry run) and raised."""
+async def _load(event: ImageUploaded, deps: DetectionDeps) -> _Loaded | None:
+    """Read and analyse one image (None: content already known, skipped); bad input is recorded and
+    raised."""
     try:
-        path = deps.paths.resolve(event.path)
-        data, content_hash = await asyncio.to_thread(read_image_file, path, deps.max_image_bytes)
+        data, content_hash = await asyncio.to_thread(deps.files.read, event.path)
     except BadInputError as error:
         # Recorded, so MODE=oneshot does not take it up again.
-        if not deps.dry_run:
-            await _register_failed(deps, event, error)
+        await _register_failed(deps, event, error)
         raise
+    pack = deps.analyzer.model_pack
+    if deps.skip_known_content:
+        async with deps.unit_of_work() as uow:
+            if await uow.images.find_processed(content_hash, pack) is not None:
+                return None
     try:
         analysis = await deps.analyzer.analyze_async(data)
     except BadInputError as error:
         # With the hash, the same bytes under another path are known bad too.
-        if not deps.dry_run:
-            await _register_failed(deps, event, error, content_hash, deps.analyzer.model_pack)
+        await _register_failed(deps, event, error, content_hash, pack)
         raise
     return _Loaded(content_hash, len(data), analysis)
 
@@ -141,13 +154,9 @@ async def _register_failed(
     content_hash: str | None = None,
     model_pack: str | None = None,
 ) -> None:
+    if not deps.record_failures:
+        return
     async with deps.unit_of_work() as uow:
         image = await uow.images.get_or_create(event.image_id, event.path)
         await uow.images.mark_failed(image.id, error.reason, content_hash, model_pack)
         await uow.commit()
-
-
-def _faces_detected(event: ImageUploaded, face_ids: list[int], model_pack: str) -> FacesDetected:
-    return FacesDetected(
-        image_id=event.image_id, face_ids=face_ids, face_count=len(face_ids), model_pack=model_pack
-    )

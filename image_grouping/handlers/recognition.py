@@ -1,21 +1,18 @@
-"""Grouping glue: load faces from the unit of work, let `image_grouping.grouping` decide, write back.
+"""Grouping: `faces.detected` joins the new faces to persons, `recluster.requested` regroups a pack.
 
-The callers (consumer routes, the oneshot run, the CLI) commit the unit of work; these functions only
-write through it, and write nothing at all in a dry run. They return the `PersonChanges` that the service
-publishes as `persons.updated`.
+Each handler loads faces from its unit of work, lets `image_grouping.grouping` decide, writes the
+decision back, commits, and returns `persons.updated` with what changed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 import structlog
 
-from image_grouping.bootstrap import grouping_params
-from image_grouping.config import Settings
 from image_grouping.grouping import (
     GroupingInput,
     GroupingParams,
@@ -24,6 +21,8 @@ from image_grouping.grouping import (
     map_groups_to_persons,
     reliable_faces,
 )
+from image_grouping.handlers.ports import Clock, Outcome, UnitOfWork, UnitOfWorkFactory
+from image_grouping.models.messages import PERIODIC, FacesDetected, PersonsUpdated, ReclusterRequested
 from image_grouping.models.persons import PersonChanges
 from image_grouping.models.records import FaceSet, PersonRecord
 
@@ -36,7 +35,58 @@ log = structlog.get_logger(__name__)
 PERIODIC_SKIP_SHARE = 0.9
 
 
-async def periodic_recluster_due(model_pack: str, uow: Any, interval_seconds: float) -> bool:
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class GroupingDeps:
+    unit_of_work: UnitOfWorkFactory
+    params: GroupingParams
+    model_pack: str  # the pack of a recluster request that names none
+    interval_seconds: float  # of the periodic recluster requests
+    clock: Clock = field(default=_utc_now)
+
+
+async def handle_faces_detected(events: Sequence[FacesDetected], deps: GroupingDeps) -> list[Outcome]:
+    """Assign the new faces of several images to persons (or new persons) incrementally, in one commit.
+
+    One `persons.updated` per model pack, given as the outcome of the batch's last message of that pack.
+    """
+    last_of_pack = {event.model_pack: index for index, event in enumerate(events) if event.face_ids}
+    outcomes: list[Outcome] = [[] for _ in events]
+    if not last_of_pack:
+        return outcomes
+    async with deps.unit_of_work() as uow:
+        for model_pack, index in last_of_pack.items():
+            face_ids = [face for event in events if event.model_pack == model_pack for face in event.face_ids]
+            changes = await assign_new_faces(uow, face_ids, model_pack, deps.params)
+            outcomes[index] = [PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())]
+        await uow.commit()
+    return outcomes
+
+
+async def handle_recluster_requested(
+    events: Sequence[ReclusterRequested], deps: GroupingDeps
+) -> list[Outcome]:
+    """Regroup every face of each request's pack, one request after the other (the recluster queue's
+    single active consumer runs one at a time). A periodic request that another replica's request of the
+    same interval already served is skipped."""
+    outcomes: list[Outcome] = []
+    for event in events:
+        model_pack = event.model_pack or deps.model_pack
+        async with deps.unit_of_work() as uow:
+            if event.reason == PERIODIC and not await _periodic_recluster_due(uow, model_pack, deps):
+                log.info("periodic recluster skipped: one ran within this interval", model_pack=model_pack)
+                outcomes.append([])
+                continue
+            changes = await recluster_all(uow, model_pack, deps.params)
+            await uow.commit()
+        outcomes.append([PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())])
+    return outcomes
+
+
+async def _periodic_recluster_due(uow: UnitOfWork, model_pack: str, deps: GroupingDeps) -> bool:
     """Whether a periodic recluster request still has work to do: no recluster of the pack has
     completed that started within the last `PERIODIC_SKIP_SHARE` of the interval."""
     latest = await uow.runs.latest("recluster")
@@ -47,15 +97,15 @@ async def periodic_recluster_due(model_pack: str, uow: Any, interval_seconds: fl
     started: datetime = latest["started_at"]
     if started.tzinfo is None:  # SQLite keeps no offset; every time stored is UTC
         started = started.replace(tzinfo=UTC)
-    return datetime.now(UTC) - started >= timedelta(seconds=PERIODIC_SKIP_SHARE * interval_seconds)
+    return deps.clock() - started >= timedelta(seconds=PERIODIC_SKIP_SHARE * deps.interval_seconds)
 
 
 async def assign_new_faces(
-    face_ids: Sequence[int], model_pack: str, uow: Any, settings: Settings
+    uow: UnitOfWork, face_ids: Sequence[int], model_pack: str, params: GroupingParams
 ) -> PersonChanges:
-    """Put newly detected faces into existing persons where the evidence is strong; found tight new groups."""
-    params = grouping_params(settings)
-    changes = PersonChanges(model_pack=model_pack, kind="incremental", dry_run=settings.dry_run)
+    """Put newly detected faces into existing persons where the evidence is strong; found tight new
+    groups. Writes through `uow`; the caller commits."""
+    changes = PersonChanges(model_pack=model_pack, kind="incremental")
     faces = await uow.faces.load_for_grouping(model_pack)
     persons = await uow.persons.list()
     usable = _groupable(faces)
@@ -71,23 +121,22 @@ async def assign_new_faces(
     assignments: dict[int, int | None] = {
         int(subset.face_ids[row]): person for row, person in decision.joined.items()
     }
-    for number, members in enumerate(decision.founded):
-        cover = _cover_face(subset, grouping_input.reliable, members)
-        person = -2 - number if settings.dry_run else await uow.persons.create(cover_face_id=cover)
+    for members in decision.founded:
+        person = await uow.persons.create(cover_face_id=_cover_face(subset, grouping_input.reliable, members))
         changes.created.append(person)
         assignments.update({int(face_id): person for face_id in subset.face_ids[members].tolist()})
     changes.faces_assigned = len(assignments)
-    if assignments and not settings.dry_run:
+    if assignments:
         await uow.faces.set_persons(assignments)
     log.info("new faces grouped", faces=len(new), joined=len(decision.joined), founded=len(decision.founded))
     return changes
 
 
-async def recluster_all(model_pack: str, uow: Any, settings: Settings, *, dry_run: bool) -> PersonChanges:
-    """Regroup every face of the pack, keeping person ids (largest overlap) and every manual edit."""
-    params = grouping_params(settings)
-    changes = PersonChanges(model_pack=model_pack, kind="recluster", dry_run=dry_run)
-    run_id = None if dry_run else await uow.runs.start("recluster")
+async def recluster_all(uow: UnitOfWork, model_pack: str, params: GroupingParams) -> PersonChanges:
+    """Regroup every face of the pack, keeping person ids (largest overlap) and every manual edit.
+    Writes through `uow`; the caller commits."""
+    changes = PersonChanges(model_pack=model_pack, kind="recluster")
+    run_id = await uow.runs.start("recluster")
     faces = await uow.faces.load_for_grouping(model_pack)
     persons = await uow.persons.list()
     subset = faces.take(_groupable(faces))
@@ -106,11 +155,7 @@ async def recluster_all(model_pack: str, uow: Any, settings: Settings, *, dry_ru
     final = plan.person_ids.copy()
     for placeholder in plan.new_persons:
         members = np.flatnonzero(final == placeholder)
-        person = (
-            placeholder
-            if dry_run
-            else await uow.persons.create(cover_face_id=_cover_face(subset, grouping_input.reliable, members))
-        )
+        person = await uow.persons.create(cover_face_id=_cover_face(subset, grouping_input.reliable, members))
         final[members] = person
         changes.created.append(int(person))
     before, automatic = subset.person_ids, ~subset.manual
@@ -120,17 +165,16 @@ async def recluster_all(model_pack: str, uow: Any, settings: Settings, *, dry_ru
     changes.faces_moved = int((changed & (before >= 0) & (final >= 0)).sum())
     changes.merged = plan.merged
     changes.emptied = plan.emptied
-    if not dry_run:
-        await uow.faces.set_persons(
-            {
-                int(face_id): (int(person) if person >= 0 else None)
-                for face_id, person in zip(
-                    subset.face_ids[changed].tolist(), final[changed].tolist(), strict=True
-                )
-            }
-        )
-        await _tidy_persons(uow, persons, changes, subset, final, grouping_input.reliable)
-        await uow.runs.finish(run_id, changes.to_event_data())
+    await uow.faces.set_persons(
+        {
+            int(face_id): (int(person) if person >= 0 else None)
+            for face_id, person in zip(
+                subset.face_ids[changed].tolist(), final[changed].tolist(), strict=True
+            )
+        }
+    )
+    await _tidy_persons(uow, persons, changes, subset, final, grouping_input.reliable)
+    await uow.runs.finish(run_id, changes.to_event_data())
     log.info(
         "recluster done",
         created=len(changes.created),
@@ -139,25 +183,8 @@ async def recluster_all(model_pack: str, uow: Any, settings: Settings, *, dry_ru
         faces_assigned=changes.faces_assigned,
         faces_moved=changes.faces_moved,
         faces_unassigned=changes.faces_unassigned,
-        dry_run=dry_run,
     )
     return changes
-
-
-async def run_full_recluster(settings: Settings) -> str:
-    """`image-grouping recluster`: one recluster of the current pack, committed; returns a summary line."""
-    from image_grouping.storage import SqlUnitOfWork, create_engine, ensure_schema
-
-    engine = create_engine(settings)
-    try:
-        await ensure_schema(engine)
-        async with SqlUnitOfWork(engine) as uow:
-            changes = await recluster_all(settings.model_pack, uow, settings, dry_run=settings.dry_run)
-            if not settings.dry_run:
-                await uow.commit()
-    finally:
-        await engine.dispose()
-    return changes.summary()
 
 
 def _groupable(faces: FaceSet) -> np.ndarray:
@@ -194,7 +221,7 @@ def _cover_face(faces: FaceSet, reliable: np.ndarray, members: np.ndarray) -> in
 
 
 async def _tidy_persons(
-    uow: Any,
+    uow: UnitOfWork,
     persons: list[PersonRecord],
     changes: PersonChanges,
     faces: FaceSet,

@@ -8,11 +8,7 @@ from typing import Any
 
 @dataclass(slots=True)
 class PersonChanges:
-    """Ids of persons grouping created, merged away or emptied, and how many faces it moved.
-
-    In a dry run nothing is written, so new persons have no ids yet: `created` then holds negative
-    placeholders (-2, -3, ...), one per person that would be created.
-    """
+    """Ids of persons grouping created, merged away or emptied, and how many faces it moved."""
 
     model_pack: str
     kind: str  # "incremental" or "recluster"
@@ -25,7 +21,6 @@ class PersonChanges:
     faces_assigned: int = 0  # faces that got a person after having none
     faces_moved: int = 0  # faces that went from one person to another
     faces_unassigned: int = 0  # faces that lost their person
-    dry_run: bool = False
 
     @property
     def changed(self) -> bool:
@@ -45,9 +40,13 @@ class PersonChanges:
         data["merged"] = [list(pair) for pair in self.merged]
         return data
 
+    @classmethod
+    def from_event_data(cls, data: dict[str, Any]) -> PersonChanges:
+        return cls(**{**data, "merged": [tuple(pair) for pair in data.get("merged", [])]})
+
     def summary(self) -> str:
         return (
             f"{self.kind} {self.model_pack}: {len(self.created)} created, {len(self.merged)} merged, "
             f"{len(self.emptied)} emptied; faces: {self.faces_assigned} assigned, {self.faces_moved} moved, "
-            f"{self.faces_unassigned} unassigned" + (" (dry run: nothing written)" if self.dry_run else "")
+            f"{self.faces_unassigned} unassigned"
         )

@@ -15,8 +15,7 @@ from urllib.parse import quote
 import structlog
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from image_grouping.config import Settings
-from image_grouping.storage import SqlUnitOfWork, create_engine
+from image_grouping.handlers.ports import UnitOfWork, UnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +54,7 @@ class Gallery:
     hidden_count: int
 
 
-async def load_gallery(uow: SqlUnitOfWork, storage: Path) -> Gallery:
+async def load_gallery(uow: UnitOfWork, storage: Path) -> Gallery:
     """The visible persons, most faces first, each with its cover and a strip of its best faces.
 
     `storage` is the absolute SYSTEM_STORAGE that the stored thumbnail paths are relative to.
@@ -106,16 +105,17 @@ def render_gallery(gallery: Gallery, out_dir: Path, generated_at: datetime) -> s
     )
 
 
-async def write_gallery(settings: Settings, out: Path | None = None) -> Path:
-    """Write `index.html` into `out` (default: SYSTEM_STORAGE/report) and return its path."""
-    storage = settings.system_storage.resolve()
-    out_dir = (out if out is not None else storage / "report").resolve()
-    engine = create_engine(settings)
-    try:
-        async with SqlUnitOfWork(engine) as uow:
-            gallery = await load_gallery(uow, storage)
-    finally:
-        await engine.dispose()
+def _folders(storage: Path, out: Path | None) -> tuple[Path, Path]:
+    storage = storage.resolve()
+    return storage, (out if out is not None else storage / "report").resolve()
+
+
+async def write_gallery(unit_of_work: UnitOfWorkFactory, storage: Path, out: Path | None = None) -> Path:
+    """Write `index.html` into `out` (default: `storage`/report) and return its path; thumbnail paths
+    are stored relative to `storage` (SYSTEM_STORAGE)."""
+    storage, out_dir = _folders(storage, out)
+    async with unit_of_work() as uow:
+        gallery = await load_gallery(uow, storage)
     out_dir.mkdir(parents=True, exist_ok=True)
     page = out_dir / GALLERY_FILE_NAME
     page.write_text(render_gallery(gallery, out_dir, datetime.now(UTC)), encoding="utf-8")

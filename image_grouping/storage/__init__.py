@@ -1,7 +1,7 @@
 """Persistence: the database (SQL Server, PostgreSQL, SQLite), its migrations, image paths and thumbnails."""
 
 from image_grouping.storage.database import create_engine, database_url, redact
-from image_grouping.storage.migrations import ensure_schema, upgrade_database
+from image_grouping.storage.migrations import ensure_schema
 from image_grouping.storage.paths import ImagePathResolver, read_image_file
 from image_grouping.storage.repositories import (
     FaceRepository,
@@ -25,5 +25,4 @@ __all__ = [
     "ensure_schema",
     "read_image_file",
     "redact",
-    "upgrade_database",
 ]

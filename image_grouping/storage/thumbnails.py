@@ -57,3 +57,19 @@ class ThumbnailStore:
     def path_of(self, stored: str) -> Path:
         """The file of a path as `save` returned it."""
         return self._storage / stored
+
+
+class DryRunThumbnailStore(ThumbnailStore):
+    """--dry-run: the paths the thumbnails would have, and no file written or removed."""
+
+    def save(self, image_key: str, face_index: int, jpeg: bytes) -> str:
+        target = self._file(image_key, face_index)
+        return (
+            target.relative_to(self._storage).as_posix()
+            if target.is_relative_to(self._storage)
+            else str(target)
+        )
+
+    def save_faces(self, image_id: int, analysis: ImageAnalysis) -> list[str]:
+        key = f"{image_id}_{analysis.model_pack}"
+        return [self.save(key, index, face.thumbnail_jpeg) for index, face in enumerate(analysis.faces)]

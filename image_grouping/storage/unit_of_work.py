@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import TracebackType
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from image_grouping.models.faces import ImageAnalysis
@@ -15,6 +16,8 @@ from image_grouping.storage.repositories import (
     PersonRepository,
     ReclusterRunRepository,
 )
+
+log = structlog.get_logger(__name__)
 
 
 class SqlUnitOfWork:
@@ -83,3 +86,11 @@ class SqlUnitOfWork:
     async def save_analyses(self, results: Sequence[ImageResult]) -> list[list[int]]:
         """See `ImageRepository.save_analyses`: `save_analysis` of several images, in a few statements."""
         return await self.images.save_analyses(results)
+
+
+class DryRunUnitOfWork(SqlUnitOfWork):
+    """--dry-run: everything is read and written inside the transaction as usual, and `commit` commits
+    nothing, so the transaction is rolled back when the block ends."""
+
+    async def commit(self) -> None:
+        log.debug("dry run: transaction not committed")

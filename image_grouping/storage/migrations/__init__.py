@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import structlog
@@ -11,8 +10,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from image_grouping.config import Settings
-from image_grouping.storage.database import create_engine, database_url, redact
+from image_grouping.storage.database import redact
 
 log = structlog.get_logger(__name__)
 
@@ -49,24 +47,22 @@ async def ensure_schema(engine: AsyncEngine, revision: str = HEAD) -> None:
     log.info("database schema ready", url=redact(engine.url), revision=revision)
 
 
+async def schema_is_current(engine: AsyncEngine) -> bool:
+    """Whether the database's schema is at the latest revision; reads only (a dry run must not write)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+    def current(connection: Connection) -> set[str]:
+        return set(MigrationContext.configure(connection).get_current_heads())
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(current) == heads
+
+
 def render_upgrade_sql(url: object, revision: str = HEAD) -> None:
     """Print the SQL of the migrations for the URL's dialect without connecting (Alembic offline mode)."""
     config = alembic_config()
     config.attributes["url"] = url
     command.upgrade(config, revision, sql=True)
-
-
-def upgrade_database(settings: Settings, sql_only: bool) -> None:
-    """`image-grouping migrate`: apply the migrations, or with `sql_only` print their SQL."""
-    if sql_only:
-        render_upgrade_sql(database_url(settings))
-        return
-
-    async def run() -> None:
-        engine = create_engine(settings)
-        try:
-            await ensure_schema(engine)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())

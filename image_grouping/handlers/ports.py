@@ -1,0 +1,127 @@
+"""What the handlers need from the outside world, as Protocols: the adapters in `storage`, `vision` and
+`consumer` fulfil them in production (wired by `image_grouping.bootstrap`), fakes in the unit tests.
+
+A handler takes a batch of messages (one message is a batch of one) and returns one `Outcome` per
+message, in their order: the events to publish for it, or the `BadInputError` that refused it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import numpy as np
+
+from image_grouping.errors import BadInputError
+from image_grouping.models.faces import ImageAnalysis
+from image_grouping.models.messages import EventData
+from image_grouping.models.records import FaceSet, ImageRecord, ImageResult, PersonRecord
+
+Outcome = list[EventData] | BadInputError
+
+
+class ImageStore(Protocol):
+    async def get_or_create(self, source_id: str | None, source_path: str) -> ImageRecord: ...
+
+    async def get_or_create_many(
+        self, registrations: Sequence[tuple[str | None, str]]
+    ) -> list[ImageRecord]: ...
+
+    async def find_processed(self, content_hash: str, model_pack: str) -> ImageRecord | None: ...
+
+    async def pending(self, limit: int) -> list[ImageRecord]: ...
+
+    async def analysed_by_other_pack(
+        self, model_pack: str, from_pack: str | None, after_id: int, limit: int
+    ) -> list[ImageRecord]: ...
+
+    async def count_analysed_by_other_pack(self, model_pack: str, from_pack: str | None) -> int: ...
+
+    async def mark_failed(
+        self, image_id: int, reason: str, content_hash: str | None = None, model_pack: str | None = None
+    ) -> None: ...
+
+    async def save_analyses(self, results: Sequence[ImageResult]) -> list[list[int]]: ...
+
+
+class FaceStore(Protocol):
+    async def load_for_grouping(self, model_pack: str) -> FaceSet: ...
+
+    async def set_persons(self, assignments: Mapping[int, int | None]) -> int: ...
+
+    async def cannot_links(self) -> list[tuple[int, int]]: ...
+
+    async def boxes_of_image(self, image_id: int, model_pack: str) -> tuple[list[int], np.ndarray]: ...
+
+    async def carry_over(self, old_to_new: Mapping[int, int]) -> tuple[int, int]: ...
+
+    async def thumbnails(
+        self, person_id: int | None, limit: int, model_pack: str | None = None
+    ) -> list[tuple[int, str]]: ...
+
+
+class PersonStore(Protocol):
+    async def list(self) -> list[PersonRecord]: ...
+
+    async def create(self, cover_face_id: int | None = None, name: str | None = None) -> int: ...
+
+    async def delete(self, person_ids: Iterable[int]) -> None: ...
+
+    async def set_cover(self, person_id: int, face_id: int | None) -> None: ...
+
+
+class RunStore(Protocol):
+    async def start(self, kind: str) -> int: ...
+
+    async def finish(self, run_id: int, stats: Mapping[str, Any], status: str = "done") -> None: ...
+
+    async def latest(self, kind: str) -> dict[str, Any] | None: ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction: `async with unit_of_work() as uow: ...; await uow.commit()`; what is not
+    committed is rolled back when the block ends."""
+
+    images: ImageStore
+    faces: FaceStore
+    persons: PersonStore
+    runs: RunStore
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]
+
+
+class Analyzer(Protocol):
+    model_pack: str
+
+    async def analyze_async(self, data: bytes) -> ImageAnalysis: ...
+
+
+class ImageFiles(Protocol):
+    def read(self, stored_path: str) -> tuple[bytes, str]:
+        """The bytes of the image stored under `stored_path` and their sha256; BadInputError when the
+        path is not acceptable or the file cannot be read."""
+        ...
+
+
+class Thumbnails(Protocol):
+    def save_faces(self, image_id: int, analysis: ImageAnalysis) -> list[str]: ...
+
+    def path_of(self, stored: str) -> Path: ...
+
+
+Clock = Callable[[], datetime]
