@@ -131,10 +131,11 @@ async def bootstrap(
     `load_models` loads the face analyzer now rather than on first use; `local_files` lets detection
     read absolute local paths (scan, repack) besides the uploader's paths under the images root.
     """
-    engine = engine or create_engine(settings)
+    own_engine = engine is None
+    database = engine = engine or create_engine(settings)
     scratch = Path(tempfile.mkdtemp(prefix="image-grouping-dry-run-")) if settings.dry_run else None
     if scratch is not None:
-        engine = await _dry_run_engine(engine, scratch)
+        database = await _dry_run_engine(engine, scratch)
     elif wait_for_database:
         async for attempt in backoff("database", retry_on=UNREACHABLE):
             with attempt:
@@ -144,7 +145,7 @@ async def bootstrap(
     thumbnail_store = DryRunThumbnailStore if settings.dry_run else ThumbnailStore
     adapters = Adapters(
         settings,
-        engine,
+        database,
         thumbnail_store(settings.thumbnail_save_path, settings.system_storage),
         ImageFiles(
             ImagePathResolver(settings.db_prefix, settings.container_images_root),
@@ -161,7 +162,10 @@ async def bootstrap(
         close_analyzer = getattr(adapters._analyzer, "close", None)
         if close_analyzer is not None and analyzer is None:  # an analyzer handed in stays its owner's
             close_analyzer()
-        await adapters.engine.dispose()
+        if database is not engine:  # the dry run's scratch database
+            await database.dispose()
+        if own_engine:  # an engine handed in stays its owner's
+            await engine.dispose()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -172,7 +176,6 @@ async def _dry_run_engine(engine: AsyncEngine, scratch: Path) -> AsyncEngine:
     if not _is_new_sqlite_file(url) and await schema_is_current(engine):
         return engine
     log.warning("dry run: the database has no current schema; working on an empty one", url=redact(url))
-    await engine.dispose()
     empty = engine_for_url(make_url(f"sqlite+aiosqlite:///{scratch / 'dry-run.sqlite3'}"))
     await ensure_schema(empty)
     return empty

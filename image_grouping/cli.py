@@ -205,7 +205,7 @@ def migrate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the SQL, change nothing.")] = False,
 ) -> None:
     """Create or upgrade the database schema to the latest revision."""
-    settings = _settings(database_url=db)
+    settings = _settings(database_url=db, dry_run=dry_run or None)
     if dry_run:
         from image_grouping.storage import database_url
         from image_grouping.storage.migrations import render_upgrade_sql

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageStat
 
+from image_grouping.bootstrap import bootstrap
 from image_grouping.config import Settings
 from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
 from image_grouping.report import write_gallery
@@ -131,7 +132,10 @@ async def test_gallery_shows_persons_with_loaded_thumbnails(
     groups = await build_database(settings, eval_dir)
 
     # Written away from the storage, so every thumbnail link has to climb out of the gallery's folder.
-    page = await write_gallery(settings, tmp_path / "elsewhere" / "gallery")
+    async with bootstrap(settings) as adapters:
+        page = await write_gallery(
+            adapters.unit_of_work, settings.system_storage, tmp_path / "elsewhere" / "gallery"
+        )
     assert page == (tmp_path / "elsewhere" / "gallery" / "index.html")
 
     probed = page.with_name("probed.html")

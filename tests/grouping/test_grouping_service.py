@@ -8,12 +8,21 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from image_grouping.bootstrap import grouping_params
 from image_grouping.config import Settings
 from image_grouping.evaluation.grouping import LabelledFaces, clustering_scores
-from image_grouping.handlers.recognition import assign_new_faces, periodic_recluster_due, recluster_all
+from image_grouping.handlers.recognition import (
+    GroupingDeps,
+    handle_faces_detected,
+    handle_recluster_requested,
+)
 from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
+from image_grouping.models.messages import PERIODIC, FacesDetected, PersonsUpdated, ReclusterRequested
+from image_grouping.models.persons import PersonChanges
 from image_grouping.storage import SqlUnitOfWork
+from image_grouping.storage.unit_of_work import DryRunUnitOfWork
 
 UnitOfWork = Callable[[], SqlUnitOfWork]
 
@@ -52,12 +61,26 @@ async def store(
     return face_of_row
 
 
-async def recluster(unit_of_work: UnitOfWork, settings: Settings, *, dry_run: bool = False):
-    async with unit_of_work() as uow:
-        changes = await recluster_all(settings.model_pack, uow, settings, dry_run=dry_run)
-        if not dry_run:
-            await uow.commit()
-    return changes
+def grouping_deps(unit_of_work: UnitOfWork, settings: Settings, interval: float = 900.0) -> GroupingDeps:
+    return GroupingDeps(unit_of_work, grouping_params(settings), settings.model_pack, interval)
+
+
+async def recluster(unit_of_work: UnitOfWork, settings: Settings) -> PersonChanges:
+    """One recluster request through its handler; what it changed."""
+    (outcome,) = await handle_recluster_requested(
+        [ReclusterRequested()], grouping_deps(unit_of_work, settings)
+    )
+    assert isinstance(outcome, list)
+    (updated,) = outcome
+    assert isinstance(updated, PersonsUpdated)
+    return PersonChanges.from_event_data(updated.changes)
+
+
+async def assign(unit_of_work: UnitOfWork, face_ids: list[int], settings: Settings) -> None:
+    detected = FacesDetected(
+        image_id="x", face_ids=face_ids, face_count=len(face_ids), model_pack=settings.model_pack
+    )
+    await handle_faces_detected([detected], grouping_deps(unit_of_work, settings))
 
 
 async def persons_of(
@@ -76,10 +99,7 @@ async def test_incremental_then_recluster_groups_real_faces(
     rows = np.random.default_rng(0).permutation(len(lfw_subset)).tolist()
     face_of_row = await store(unit_of_work, lfw_subset, [[row] for row in rows], grouping_settings.model_pack)
     for start in range(0, len(rows), 24):
-        async with unit_of_work() as uow:
-            batch = [face_of_row[row] for row in rows[start : start + 24]]
-            await assign_new_faces(batch, grouping_settings.model_pack, uow, grouping_settings)
-            await uow.commit()
+        await assign(unit_of_work, [face_of_row[row] for row in rows[start : start + 24]], grouping_settings)
     incremental = await persons_of(unit_of_work, face_of_row, grouping_settings)
     changes = await recluster(unit_of_work, grouping_settings)
     final = await persons_of(unit_of_work, face_of_row, grouping_settings)
@@ -114,9 +134,7 @@ async def test_adding_ten_percent_barely_moves_assigned_faces(
     before = await persons_of(unit_of_work, face_of_row, grouping_settings)
 
     added = await store(unit_of_work, lfw_subset, [[row] for row in rest], grouping_settings.model_pack)
-    async with unit_of_work() as uow:
-        await assign_new_faces(list(added.values()), grouping_settings.model_pack, uow, grouping_settings)
-        await uow.commit()
+    await assign(unit_of_work, list(added.values()), grouping_settings)
     await recluster(unit_of_work, grouping_settings)
     after = await persons_of(unit_of_work, face_of_row, grouping_settings)
 
@@ -179,15 +197,16 @@ async def test_two_faces_of_one_photo_are_never_one_person(
 
 
 async def test_dry_run_writes_nothing(
-    unit_of_work: UnitOfWork, lfw_subset: LabelledFaces, grouping_settings: Settings
+    unit_of_work: UnitOfWork,
+    grouping_engine: AsyncEngine,
+    lfw_subset: LabelledFaces,
+    grouping_settings: Settings,
 ) -> None:
     face_of_row = await store(
         unit_of_work, lfw_subset, [[row] for row in range(len(lfw_subset))], grouping_settings.model_pack
     )
-    changes = await recluster(unit_of_work, grouping_settings, dry_run=True)
-    assert changes.dry_run
+    changes = await recluster(lambda: DryRunUnitOfWork(grouping_engine), grouping_settings)
     assert len(changes.created) > 0
-    assert all(person < 0 for person in changes.created)
     person = await persons_of(unit_of_work, face_of_row, grouping_settings)
     async with unit_of_work() as uow:
         assert await uow.persons.list() == []
@@ -217,22 +236,27 @@ async def test_a_periodic_request_is_skipped_only_after_a_recent_completed_reclu
     unit_of_work: UnitOfWork, grouping_settings: Settings
 ) -> None:
     pack, interval = grouping_settings.model_pack, 900.0
-    async with unit_of_work() as uow:
-        assert await periodic_recluster_due(pack, uow, interval)  # none ran yet
+    deps = grouping_deps(unit_of_work, grouping_settings, interval)
+
+    async def runs(model_pack: str = pack, deps: GroupingDeps = deps) -> bool:
+        """Whether a periodic request of the pack ran a recluster (published persons.updated)."""
+        (outcome,) = await handle_recluster_requested(
+            [ReclusterRequested(model_pack=model_pack, reason=PERIODIC)], deps
+        )
+        return outcome != []
+
+    assert await runs()  # none ran yet
+    assert not await runs()  # the run it just completed serves the rest of the interval
 
     async with unit_of_work() as uow:
-        run_id = await uow.runs.start("recluster")
+        await uow.runs.start("recluster")
         await uow.commit()
+    assert await runs()  # the latest is still running, or died: not done
     async with unit_of_work() as uow:
-        assert await periodic_recluster_due(pack, uow, interval)  # still running, or died: not done
-        await uow.runs.finish(run_id, {"model_pack": pack}, status="failed")
+        await uow.runs.finish(await uow.runs.start("recluster"), {"model_pack": pack}, status="failed")
         await uow.commit()
-    async with unit_of_work() as uow:
-        assert await periodic_recluster_due(pack, uow, interval)
-
-    await recluster(unit_of_work, grouping_settings)  # a completed run of the pack, just now
-    async with unit_of_work() as uow:
-        assert not await periodic_recluster_due(pack, uow, interval)
-        assert await periodic_recluster_due("antelopev2", uow, interval)  # another pack's run serves not
-        # A lone replica asks once per interval: its next request finds the run a whole interval old.
-        assert await periodic_recluster_due(pack, uow, 1e-6)
+    assert await runs()  # the latest failed
+    assert not await runs()
+    assert await runs("antelopev2")  # another pack's run serves not
+    # A lone replica asks once per interval: its next request finds the run a whole interval old.
+    assert await runs(deps=grouping_deps(unit_of_work, grouping_settings, 1e-6))

@@ -17,14 +17,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from image_grouping.bootstrap import load_analyzer
+from image_grouping.bootstrap import bootstrap
 from image_grouping.config import Settings, load_settings
-from image_grouping.handlers.detection import DetectionDeps, handle_image_uploaded
-from image_grouping.handlers.recognition import recluster_all
-from image_grouping.handlers.repack import repack
-from image_grouping.local_scan import scan_folder
-from image_grouping.models.messages import ImageUploaded
-from image_grouping.storage import ImagePathResolver, SqlUnitOfWork, ThumbnailStore
+from image_grouping.handlers.detection import handle_images_uploaded
+from image_grouping.handlers.recognition import handle_recluster_requested
+from image_grouping.handlers.repack import RepackSummary, repack_images
+from image_grouping.local_scan import find_images, scan_files
+from image_grouping.models.messages import ImageUploaded, ReclusterRequested
+from image_grouping.storage import SqlUnitOfWork
 from image_grouping.storage.schema import BY_HAND, cannot_links, faces, images, persons
 from image_grouping.vision.model_pack import BUNDLED_MODEL_FOLDER, BUNDLED_PACKS
 
@@ -78,9 +78,16 @@ def _settings(engine: AsyncEngine, storage: Path, uploads: Path) -> Settings:
     )
 
 
-async def _analyse_under_pack_a(
-    settings: Settings, unit_of_work: UnitOfWork, eval_dir: Path, tmp: Path
-) -> None:
+async def repack(
+    settings: Settings, engine: AsyncEngine, *, dry_run: bool = False, limit: int | None = None
+) -> RepackSummary:
+    """`image-grouping repack` as the command wires it."""
+    settings = settings.model_copy(update={"dry_run": dry_run})
+    async with bootstrap(settings, engine=engine, local_files=True) as adapters:
+        return await repack_images(adapters.detection_deps(), from_pack=None, limit=limit)
+
+
+async def _analyse_under_pack_a(settings: Settings, engine: AsyncEngine, eval_dir: Path, tmp: Path) -> None:
     """One uploaded image through detection, a scanned folder through `scan` (which groups them all)."""
     scanned = tmp / "scanned"
     scanned.mkdir()
@@ -90,19 +97,13 @@ async def _analyse_under_pack_a(
         shutil.copy(eval_dir / "identity" / name.rsplit("_", 1)[0] / name, scanned / name)
     shutil.copy(eval_dir / "identity" / "Al_Gore" / UPLOADED, settings.container_images_root / "gore.jpg")
 
-    analyzer = load_analyzer(settings)
-    try:
-        deps = DetectionDeps(
-            analyzer=analyzer,
-            unit_of_work=unit_of_work,
-            thumbnails=ThumbnailStore(settings.thumbnail_save_path, settings.system_storage),
-            paths=ImagePathResolver(settings.db_prefix, settings.container_images_root),
-            max_image_bytes=settings.max_image_bytes,
-        )
-        await handle_image_uploaded(ImageUploaded(image_id="up-1", path="\\\\server\\files\\gore.jpg"), deps)
-    finally:
-        analyzer.close()
-    summary = await scan_folder(settings, scanned, write_report=False)
+    async with bootstrap(settings, engine=engine, local_files=True) as adapters:
+        upload = ImageUploaded(image_id="up-1", path="\\\\server\\files\\gore.jpg")
+        (detected,) = await handle_images_uploaded([upload], adapters.detection_deps())
+        assert isinstance(detected, list)
+        deps = adapters.detection_deps(skip_known_content=True)
+        summary = await scan_files(find_images(scanned), deps, batch_size=4)
+        await handle_recluster_requested([ReclusterRequested()], adapters.grouping_deps())
     assert (summary.analysed, summary.failed) == (len(GROUP_PHOTOS) + len(SAME_PERSON) + 1, 0)
     (scanned / GONE).unlink()
 
@@ -119,7 +120,7 @@ async def test_repack_carries_persons_and_manual_edits_over_to_the_new_pack(
     uploads.mkdir()
     settings_a = _settings(grouping_engine, tmp_path / "data", uploads)
     settings_b = settings_a.model_copy(update={"model_dir": pack_b_folder, "model_pack": PACK_B})
-    await _analyse_under_pack_a(settings_a, unit_of_work, eval_dir, tmp_path)
+    await _analyse_under_pack_a(settings_a, grouping_engine, eval_dir, tmp_path)
 
     async with grouping_engine.connect() as connection:
         gone_id = (
@@ -145,22 +146,23 @@ async def test_repack_carries_persons_and_manual_edits_over_to_the_new_pack(
     kept_a = {key: value for key, value in faces_a.items() if key[0] != gone_id}
     total_images = len(GROUP_PHOTOS) + len(SAME_PERSON) + 2
 
-    # A dry run analyses and matches everything and writes nothing, thumbnails included.
+    carried = [value for value in kept_a.values() if value[1] is not None or value[2] == BY_HAND]
+
+    # A dry run analyses, matches and carries over everything, and writes nothing, thumbnails included.
     before = await _rows(grouping_engine)
-    dry = await repack(settings_b, dry_run=True)
+    dry = await repack(settings_b, grouping_engine, dry_run=True)
     assert await _rows(grouping_engine) == before
     assert not list((tmp_path / "data" / "thumbnails").rglob(f"*_{PACK_B}_*"))
     assert (dry.images, dry.repacked, dry.failed) == (total_images, total_images - 1, 1)
     assert dry.faces == dry.matched == len(kept_a)
-    assert dry.carried == 0
+    assert dry.carried == len(carried)
 
     # A first run stopped after a few images, then the rest: each image is done once.
-    first = await repack(settings_b, limit=3)
-    rest = await repack(settings_b)
+    first = await repack(settings_b, grouping_engine, limit=3)
+    rest = await repack(settings_b, grouping_engine)
     assert (first.images, first.repacked, first.failed) == (3, 3, 0)
     assert (rest.images, rest.repacked, rest.failed) == (total_images - 3, total_images - 4, 1)
     assert first.faces + rest.faces == len(kept_a)
-    carried = [value for value in kept_a.values() if value[1] is not None or value[2] == BY_HAND]
     assert first.carried + rest.carried == len(carried)
     assert first.cannot_links + rest.cannot_links == 1
 
@@ -185,9 +187,8 @@ async def test_repack_carries_persons_and_manual_edits_over_to_the_new_pack(
     assert ada.cover_face_id == new_id[key_of[cover]]
 
     # Grouping the new pack keeps all of it; the old pack's faces are untouched.
-    async with unit_of_work() as uow:
-        await recluster_all(PACK_B, uow, settings_b, dry_run=False)
-        await uow.commit()
+    async with bootstrap(settings_b, engine=grouping_engine) as adapters:
+        await handle_recluster_requested([ReclusterRequested()], adapters.grouping_deps())
     regrouped = await _faces_of(grouping_engine, PACK_B)
     members_b = {key for key, value in faces_b.items() if value[1] == named.id}
     assert {key for key, value in regrouped.items() if value[1] == named.id} == members_b
@@ -200,6 +201,6 @@ async def test_repack_carries_persons_and_manual_edits_over_to_the_new_pack(
 
     # A second run finds only the image it cannot read, and writes nothing.
     before = await _rows(grouping_engine)
-    again = await repack(settings_b)
+    again = await repack(settings_b, grouping_engine)
     assert (again.images, again.repacked, again.failed) == (1, 0, 1)
     assert await _rows(grouping_engine) == before

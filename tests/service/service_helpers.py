@@ -143,7 +143,10 @@ class RunningService:
 @contextlib.asynccontextmanager
 async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
     """The service's consume loop in this event loop, and a bus to talk to it; topology deleted after."""
-    adapters = await bootstrap(settings)
+    stack = contextlib.AsyncExitStack()
+    adapters = await stack.enter_async_context(
+        bootstrap(settings, load_models=settings.service in ("detection", "both"))
+    )
     stop = asyncio.Event()
     loop_task = asyncio.create_task(run_loop(adapters, stop))
     connection = await aio_pika.connect_robust(settings.rabbitmq_url.get_secret_value())
@@ -161,4 +164,4 @@ async def running_service(settings: Settings) -> AsyncIterator[RunningService]:
             await asyncio.wait_for(loop_task, 60)
         await delete_topology(connection, settings)
         await connection.close()
-        await adapters.close()
+        await stack.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 import uuid
@@ -22,10 +23,9 @@ from image_grouping.consumer import routes
 from image_grouping.consumer.publisher import DETAIL_HEADER, REASON_HEADER, BrokerPublisher
 from image_grouping.consumer.routes import detection_route
 from image_grouping.consumer.topology import declare_topology
-from image_grouping.consumer.worker import Worker
-from image_grouping.handlers.detection import handle_image_uploaded
+from image_grouping.consumer.worker import BrokerAcknowledger, Worker
+from image_grouping.handlers.detection import handle_images_uploaded
 from image_grouping.models.messages import ImageUploaded, new_event
-from image_grouping.models.records import ImageResult
 from image_grouping.storage import SqlUnitOfWork
 from image_grouping.storage.repositories import path_key
 from image_grouping.storage.schema import faces, images
@@ -169,7 +169,8 @@ async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_bat
     uploads["c"] = f"{DB_PREFIX}/c/missing.jpg"
     order = ["e", "f", "a", "b", "c", "d"]
 
-    adapters = await bootstrap(settings)
+    stack = contextlib.AsyncExitStack()
+    adapters = await stack.enter_async_context(bootstrap(settings))
     connection = await aio_pika.connect_robust(rabbitmq_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -180,7 +181,10 @@ async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_bat
             await topology.exchange.publish(aio_pika.Message(event.to_json()), "image.uploaded")
         publisher = BrokerPublisher(topology.exchange, topology.dead_letter_exchange)
         worker = Worker(
-            [detection_route(topology.upload_queue, adapters)], publisher, adapters.probe_database
+            [detection_route(topology.upload_queue, adapters)],
+            publisher,
+            BrokerAcknowledger(),
+            adapters.probe_database,
         )
         await worker.start()
         async with asyncio.timeout(60):
@@ -215,7 +219,7 @@ async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_bat
     finally:
         await delete_topology(connection, settings)
         await connection.close()
-        await adapters.close()
+        await stack.aclose()
 
 
 async def test_a_retry_after_the_faces_commit_failed_leaves_no_orphaned_thumbnails(
@@ -223,27 +227,25 @@ async def test_a_retry_after_the_faces_commit_failed_leaves_no_orphaned_thumbnai
 ) -> None:
     settings = service_settings(tmp_path, fresh_postgres_url, rabbitmq_url)
     upload = ImageUploaded(image_id="up-1", path=add_photo(settings, eval_dir / "groups" / PHOTOS[0], "t"))
-    adapters = await bootstrap(settings)
     failures = [ConnectionResetError("the database went away at the commit")]
 
     class FacesCommitFailsOnce(SqlUnitOfWork):
-        saved = False
+        """The second commit (the faces', after the images' registration) fails once."""
 
-        async def save_analyses(self, results: Sequence[ImageResult]) -> list[list[int]]:
-            self.saved = True
-            return await super().save_analyses(results)
+        commits = 0
 
         async def commit(self) -> None:
-            if self.saved and failures:
+            self.commits += 1
+            if self.commits == 2 and failures:
                 raise failures.pop()
             await super().commit()
 
-    try:
+    async with bootstrap(settings) as adapters:
         deps = adapters.detection_deps()
         failing = replace(deps, unit_of_work=lambda: FacesCommitFailsOnce(adapters.engine))
         with pytest.raises(ConnectionResetError):
-            await handle_image_uploaded(upload, failing)
-        (detected,) = await handle_image_uploaded(upload, deps)  # the redelivery
+            await handle_images_uploaded([upload], failing)
+        ((detected,),) = await handle_images_uploaded([upload], deps)  # the redelivery
 
         async with adapters.engine.connect() as connection:
             stored = set((await connection.execute(select(faces.c.thumbnail_path))).scalars())
@@ -253,5 +255,3 @@ async def test_a_retry_after_the_faces_commit_failed_leaves_no_orphaned_thumbnai
         }
         assert detected.face_count == len(stored) >= 2
         assert files == stored
-    finally:
-        await adapters.close()

@@ -28,8 +28,7 @@ async def test_pending_images_are_processed_then_regrouped(
     dry = settings.model_copy(update={"dry_run": True})
     paths = [add_photo(settings, eval_dir / "groups" / name, folder) for name in PHOTOS]
     missing = f"{settings.db_prefix}/{folder}/gone.jpg"
-    adapters = await bootstrap(settings)
-    try:
+    async with bootstrap(settings, load_models=True) as adapters:
         async with adapters.unit_of_work() as uow:
             for path in [*paths, missing]:
                 await uow.images.get_or_create(None, path)
@@ -47,13 +46,12 @@ async def test_pending_images_are_processed_then_regrouped(
                 return await connection.scalar(select(func.count()).select_from(table))
 
         runs_before = await count(recluster_runs)
-        dry_adapters = await bootstrap(dry, analyzer=adapters.analyzer, engine=adapters.engine)
-        assert await run_oneshot(dry_adapters) == 0
+        async with bootstrap(dry, analyzer=adapters.analyzer, engine=adapters.engine) as dry_adapters:
+            assert await run_oneshot(dry_adapters) == 0
         assert set((await statuses()).values()) == {"pending"}  # a dry run writes nothing
+        assert await count(recluster_runs) == runs_before
 
         assert await run_oneshot(adapters) == 0
         assert await statuses() == {paths[0]: "done", paths[1]: "done", missing: "failed"}
         assert await count(faces) >= 2
         assert await count(recluster_runs) == runs_before + 1
-    finally:
-        await adapters.close()

@@ -16,9 +16,10 @@ from sqlalchemy import func, select
 import image_grouping.handlers.recognition as recognition
 from image_grouping.consumer.publisher import BrokerPublisher
 from image_grouping.consumer.topology import declare_topology
-from image_grouping.consumer.worker import BatchPolicy, BatchResult, Route, Worker
+from image_grouping.consumer.worker import BrokerAcknowledger, Handling, Route, Worker
 from image_grouping.errors import BadInputError
-from image_grouping.models.messages import PERIODIC, EventData, FacesDetected, ReclusterRequested, new_event
+from image_grouping.handlers.ports import Outcome
+from image_grouping.models.messages import PERIODIC, FacesDetected, ReclusterRequested, new_event
 from image_grouping.storage.schema import faces, images, recluster_runs
 
 pytestmark = pytest.mark.slow
@@ -37,9 +38,9 @@ async def test_detected_faces_are_grouped_in_batches_and_a_requested_recluster_r
     calls: list[list[int]] = []  # face ids of each assignment the service ran
     assign_new_faces = recognition.assign_new_faces
 
-    async def recorded(face_ids: Sequence[int], *args: Any) -> Any:
+    async def recorded(uow: Any, face_ids: Sequence[int], *args: Any) -> Any:
         calls.append(list(face_ids))
-        return await assign_new_faces(face_ids, *args)
+        return await assign_new_faces(uow, face_ids, *args)
 
     monkeypatch.setattr(recognition, "assign_new_faces", recorded)
     # A wait longer than the gap between two detections: the faces.detected gather into few batches.
@@ -82,17 +83,15 @@ async def test_a_batch_is_handled_in_one_call_acked_after_it_and_in_order_with_o
     settings = service_settings(tmp_path, postgres_url, rabbitmq_url)
     handled: list[list[str]] = []  # what each handler call received, in order
 
-    async def on_faces_detected(events: Sequence[FacesDetected]) -> BatchResult:
+    async def on_faces_detected(events: Sequence[FacesDetected]) -> list[Outcome]:
         handled.append([event.image_id for event in events])
         if any(event.image_id == "b1" for event in events):
             raise BadInputError("b1 refuses its whole batch")
-        return BatchResult(
-            [], {n: BadInputError("a2 is refused") for n, e in enumerate(events) if e.image_id == "a2"}
-        )
+        return [BadInputError("a2 is refused") if event.image_id == "a2" else [] for event in events]
 
-    async def on_recluster(event: ReclusterRequested) -> list[EventData]:
-        handled.append([f"recluster {event.reason}"])
-        return []
+    async def on_recluster(events: Sequence[ReclusterRequested]) -> list[Outcome]:
+        handled.append([f"recluster {event.reason}" for event in events])
+        return [[] for _ in events]
 
     async def database_up() -> None:
         return None
@@ -120,11 +119,13 @@ async def test_a_batch_is_handled_in_one_call_acked_after_it_and_in_order_with_o
         route = Route(
             topology.recluster_queue,
             "recognition",
-            {ReclusterRequested: on_recluster},
-            batch=BatchPolicy(FacesDetected, on_faces_detected, size=4, wait_seconds=1.0),
+            {
+                FacesDetected: Handling(on_faces_detected, batch_size=4, wait_seconds=1.0),
+                ReclusterRequested: Handling(on_recluster),
+            },
         )
         publisher = BrokerPublisher(topology.exchange, topology.dead_letter_exchange)
-        worker = Worker([route], publisher, probe=database_up)
+        worker = Worker([route], publisher, BrokerAcknowledger(), probe=database_up)
         await worker.start()
         async with asyncio.timeout(30):
             while sum(len(call) for call in handled) < 10:  # noqa: ASYNC110 - polls what the handlers saw

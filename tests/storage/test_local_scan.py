@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from image_grouping.config import load_settings
-from image_grouping.local_scan import find_images, scan_folder
+from image_grouping.bootstrap import bootstrap
+from image_grouping.config import Settings, load_settings
+from image_grouping.local_scan import ScanSummary, find_images, scan_files
 
 PHOTOS = ["compreface__010_2.jpg", "deepface__couple.jpg", "compreface__017_0.jpg"]
 
@@ -23,6 +24,12 @@ def _faces(database: Path) -> list[tuple[int, int, str, int]]:
         return connection.execute(
             "SELECT id, image_id, thumbnail_path, length(embedding) FROM faces ORDER BY id"
         ).fetchall()
+
+
+async def _scan(settings: Settings, folder: Path) -> ScanSummary:
+    """The scan's detection step as the command wires it."""
+    async with bootstrap(settings, local_files=True) as adapters:
+        return await scan_files(find_images(folder), adapters.detection_deps(skip_known_content=True), 2)
 
 
 @pytest.mark.slow
@@ -43,7 +50,7 @@ def test_scan_stores_every_face_once_and_a_second_scan_skips_all(eval_dir: Path,
         thumbnail_save_path=storage / "thumbnails",
     )
 
-    first = asyncio.run(scan_folder(settings, photos, write_report=False))
+    first = asyncio.run(_scan(settings, photos))
 
     assert (first.images, first.analysed, first.skipped, first.failed) == (4, 3, 0, 1)
     stored = _faces(database)

@@ -1,0 +1,375 @@
+"""In-memory adapters for fast unit tests of the handlers: a unit of work with real transactions (a copy
+of the committed state, kept only on commit), an analyzer, image files and thumbnails."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+
+from image_grouping.errors import BadInputError, ImageNotFoundError
+from image_grouping.models.faces import ImageAnalysis
+from image_grouping.models.records import FaceSet, ImageRecord, ImageResult, PersonRecord
+from image_grouping.storage.repositories import match_boxes  # TODO(merge): the domain module
+
+AUTOMATIC, BY_HAND = "grouping", "manual"
+
+
+@dataclass
+class FaceRow:
+    id: int
+    image_id: int
+    model_pack: str
+    box: tuple[float, float, float, float]
+    embedding: np.ndarray
+    det_score: float
+    size_px: float
+    sharpness: float
+    yaw: float
+    thumbnail_path: str | None
+    person_id: int | None = None
+    assigned_by: str = AUTOMATIC
+
+
+@dataclass
+class State:
+    """Everything a fake database holds."""
+
+    images: dict[int, ImageRecord] = field(default_factory=dict)
+    faces: dict[int, FaceRow] = field(default_factory=dict)
+    persons: dict[int, dict[str, Any]] = field(default_factory=dict)
+    cannot_links: set[tuple[int, int]] = field(default_factory=set)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    next_id: int = 1
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+
+class FakeDatabase:
+    """Holds the committed state; `unit_of_work()` is the factory the handlers take."""
+
+    def __init__(self) -> None:
+        self.committed = State()
+        self.commits = 0
+
+    def unit_of_work(self) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self)
+
+
+class FakeUnitOfWork:
+    def __init__(self, database: FakeDatabase) -> None:
+        self._database = database
+
+    async def __aenter__(self) -> Self:
+        self.state = copy.deepcopy(self._database.committed)
+        self.images = FakeImages(self)
+        self.faces = FakeFaces(self)
+        self.persons = FakePersons(self)
+        self.runs = FakeRuns(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        del self.state  # what was not committed is gone
+
+    async def commit(self) -> None:
+        self._database.committed = copy.deepcopy(self.state)
+        self._database.commits += 1
+
+
+class _Repository:
+    def __init__(self, uow: FakeUnitOfWork) -> None:
+        self._uow = uow
+
+    @property
+    def state(self) -> State:
+        return self._uow.state
+
+
+class FakeImages(_Repository):
+    async def get_or_create(self, source_id: str | None, source_path: str) -> ImageRecord:
+        found = next((each for each in self.state.images.values() if each.source_path == source_path), None)
+        if found is not None:
+            return found
+        image_id = self.state.new_id()
+        image = ImageRecord(
+            image_id, source_id, source_path, "pending", None, None, None, None, None, None, None
+        )
+        self.state.images[image_id] = image
+        return image
+
+    async def get_or_create_many(self, registrations: Sequence[tuple[str | None, str]]) -> list[ImageRecord]:
+        return [await self.get_or_create(source_id, path) for source_id, path in registrations]
+
+    async def find_processed(self, content_hash: str, model_pack: str) -> ImageRecord | None:
+        return next(
+            (
+                each
+                for each in self.state.images.values()
+                if each.content_hash == content_hash
+                and each.model_pack == model_pack
+                and each.status in ("done", "failed")
+            ),
+            None,
+        )
+
+    async def pending(self, limit: int) -> list[ImageRecord]:
+        return [each for each in self.state.images.values() if each.status == "pending"][:limit]
+
+    async def analysed_by_other_pack(
+        self, model_pack: str, from_pack: str | None, after_id: int, limit: int
+    ) -> list[ImageRecord]:
+        return [
+            each
+            for each in sorted(self.state.images.values(), key=lambda image: image.id)
+            if each.status == "done"
+            and each.model_pack != model_pack
+            and (from_pack is None or each.model_pack == from_pack)
+            and each.id > after_id
+        ][:limit]
+
+    async def count_analysed_by_other_pack(self, model_pack: str, from_pack: str | None) -> int:
+        return len(await self.analysed_by_other_pack(model_pack, from_pack, 0, 10**9))
+
+    async def mark_failed(
+        self, image_id: int, reason: str, content_hash: str | None = None, model_pack: str | None = None
+    ) -> None:
+        image = replace(self.state.images[image_id], status="failed", error=reason)
+        if content_hash is not None:
+            image = replace(image, content_hash=content_hash, model_pack=model_pack)
+        self.state.images[image_id] = image
+
+    async def save_analyses(self, results: Sequence[ImageResult]) -> list[list[int]]:
+        """Replace each image's faces of the pack; a re-detected face (same place) keeps its id and
+        person, as the real data layer does."""
+        saved = []
+        for result in results:
+            analysis = result.analysis
+            image = self.state.images[result.image_id]
+            self.state.images[image.id] = replace(
+                image,
+                status="done",
+                content_hash=result.content_hash,
+                size_bytes=result.size_bytes,
+                width=analysis.width,
+                height=analysis.height,
+                model_pack=analysis.model_pack,
+            )
+            old = [
+                row
+                for row in self.state.faces.values()
+                if row.image_id == image.id and row.model_pack == analysis.model_pack
+            ]
+            new_boxes = np.array([face.box for face in analysis.faces], np.float64).reshape(-1, 4)
+            same = match_boxes(np.array([row.box for row in old], np.float64).reshape(-1, 4), new_boxes)
+            for row in old:
+                del self.state.faces[row.id]
+            ids = []
+            for index, (face, thumbnail) in enumerate(
+                zip(analysis.faces, result.thumbnail_paths, strict=True)
+            ):
+                kept = old[same[index]] if index in same else None
+                row = FaceRow(
+                    id=kept.id if kept else self.state.new_id(),
+                    image_id=image.id,
+                    model_pack=analysis.model_pack,
+                    box=face.box,
+                    embedding=face.embedding,
+                    det_score=face.quality.det_score,
+                    size_px=face.quality.size_px,
+                    sharpness=face.quality.sharpness,
+                    yaw=face.quality.yaw,
+                    thumbnail_path=thumbnail,
+                    person_id=kept.person_id if kept else None,
+                    assigned_by=kept.assigned_by if kept else AUTOMATIC,
+                )
+                self.state.faces[row.id] = row
+                ids.append(row.id)
+            saved.append(ids)
+        return saved
+
+
+class FakeFaces(_Repository):
+    async def load_for_grouping(self, model_pack: str) -> FaceSet:
+        rows = sorted(
+            (row for row in self.state.faces.values() if row.model_pack == model_pack), key=lambda r: r.id
+        )
+        if not rows:
+            return FaceSet.empty()
+        return FaceSet(
+            face_ids=np.array([row.id for row in rows], np.int64),
+            image_ids=np.array([row.image_id for row in rows], np.int64),
+            embeddings=np.stack([row.embedding for row in rows]).astype(np.float32),
+            person_ids=np.array([-1 if row.person_id is None else row.person_id for row in rows], np.int64),
+            manual=np.array([row.assigned_by == BY_HAND for row in rows], bool),
+            det_score=np.array([row.det_score for row in rows], np.float32),
+            size_px=np.array([row.size_px for row in rows], np.float32),
+            sharpness=np.array([row.sharpness for row in rows], np.float32),
+            yaw=np.array([row.yaw for row in rows], np.float32),
+        )
+
+    async def set_persons(self, assignments: Mapping[int, int | None]) -> int:
+        changed = 0
+        for face_id, person_id in assignments.items():
+            row = self.state.faces[face_id]
+            if row.assigned_by != BY_HAND and row.person_id != person_id:
+                row.person_id = person_id
+                changed += 1
+        return changed
+
+    async def cannot_links(self) -> list[tuple[int, int]]:
+        return sorted(self.state.cannot_links)
+
+    async def boxes_of_image(self, image_id: int, model_pack: str) -> tuple[list[int], np.ndarray]:
+        rows = sorted(
+            (
+                row
+                for row in self.state.faces.values()
+                if row.image_id == image_id and row.model_pack == model_pack
+            ),
+            key=lambda r: r.id,
+        )
+        return [row.id for row in rows], np.array([row.box for row in rows], np.float64).reshape(-1, 4)
+
+    async def carry_over(self, old_to_new: Mapping[int, int]) -> tuple[int, int]:
+        carried = links = 0
+        for old_id, new_id in old_to_new.items():
+            old, new = self.state.faces[old_id], self.state.faces[new_id]
+            if old.person_id is not None or old.assigned_by == BY_HAND:
+                new.person_id, new.assigned_by = old.person_id, old.assigned_by
+                carried += 1
+            for face_id, person_id in list(self.state.cannot_links):
+                if face_id == old_id:
+                    self.state.cannot_links.add((new_id, person_id))
+                    links += 1
+        return carried, links
+
+    async def thumbnails(
+        self, person_id: int | None, limit: int, model_pack: str | None = None
+    ) -> list[tuple[int, str]]:
+        rows = [
+            row
+            for row in self.state.faces.values()
+            if row.person_id == person_id
+            and row.thumbnail_path is not None
+            and (model_pack is None or row.model_pack == model_pack)
+        ]
+        rows.sort(key=lambda row: (-row.det_score, row.id))
+        return [(row.id, row.thumbnail_path) for row in rows[:limit] if row.thumbnail_path]
+
+
+class FakePersons(_Repository):
+    async def list(self) -> list[PersonRecord]:
+        counts: dict[int, int] = {}
+        for row in self.state.faces.values():
+            if row.person_id is not None:
+                counts[row.person_id] = counts.get(row.person_id, 0) + 1
+        return [
+            PersonRecord(
+                id=person_id,
+                name=values["name"],
+                hidden=values["hidden"],
+                cover_face_id=values["cover_face_id"],
+                face_count=counts.get(person_id, 0),
+                created_at=values["created_at"],
+                updated_at=values["created_at"],
+            )
+            for person_id, values in sorted(self.state.persons.items())
+        ]
+
+    async def create(self, cover_face_id: int | None = None, name: str | None = None) -> int:
+        person_id = self.state.new_id()
+        self.state.persons[person_id] = {
+            "name": name,
+            "hidden": False,
+            "cover_face_id": cover_face_id,
+            "created_at": datetime.now(UTC),
+        }
+        return person_id
+
+    async def delete(self, person_ids: Iterable[int]) -> None:
+        for person_id in person_ids:
+            self.state.persons.pop(person_id, None)
+
+    async def set_cover(self, person_id: int, face_id: int | None) -> None:
+        self.state.persons[person_id]["cover_face_id"] = face_id
+
+
+class FakeRuns(_Repository):
+    async def start(self, kind: str) -> int:
+        run_id = self.state.new_id()
+        self.state.runs.append(
+            {"id": run_id, "kind": kind, "status": "running", "stats": None, "started_at": datetime.now(UTC)}
+        )
+        return run_id
+
+    async def finish(self, run_id: int, stats: Mapping[str, Any], status: str = "done") -> None:
+        run = next(run for run in self.state.runs if run["id"] == run_id)
+        run.update(status=status, stats=dict(stats))
+
+    async def latest(self, kind: str) -> dict[str, Any] | None:
+        runs = [run for run in self.state.runs if run["kind"] == kind]
+        return dict(runs[-1]) if runs else None
+
+
+class FakeAnalyzer:
+    """Returns the analysis given for each image's bytes; other bytes are corrupt."""
+
+    model_pack = "fake_pack"
+
+    def __init__(self, analyses: Mapping[bytes, ImageAnalysis]) -> None:
+        self.analyses = analyses
+        self.calls: list[bytes] = []
+
+    async def analyze_async(self, data: bytes) -> ImageAnalysis:
+        self.calls.append(data)
+        if data not in self.analyses:
+            from image_grouping.errors import ImageCorruptError
+
+            raise ImageCorruptError("not an image")
+        return self.analyses[data]
+
+
+class FakeFiles:
+    """Files by stored path; a path it does not hold is missing."""
+
+    def __init__(self, files: Mapping[str, bytes]) -> None:
+        self.files = dict(files)
+
+    def read(self, stored_path: str) -> tuple[bytes, str]:
+        if stored_path not in self.files:
+            raise ImageNotFoundError(f"image not found: {stored_path!r}")
+        data = self.files[stored_path]
+        return data, hashlib.sha256(data).hexdigest()
+
+
+class FakeThumbnails:
+    def __init__(self) -> None:
+        self.saved: dict[str, int] = {}
+
+    def save_faces(self, image_id: int, analysis: ImageAnalysis) -> list[str]:
+        paths = [
+            f"thumbnails/{image_id}_{analysis.model_pack}_{index}.jpg" for index in range(len(analysis.faces))
+        ]
+        self.saved.update({path: image_id for path in paths})
+        return paths
+
+    def path_of(self, stored: str) -> Path:
+        return Path(stored)
+
+
+def is_refusal(outcome: object, reason: str) -> bool:
+    return isinstance(outcome, BadInputError) and outcome.reason == reason
