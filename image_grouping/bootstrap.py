@@ -132,16 +132,22 @@ async def bootstrap(
     read absolute local paths (scan, repack) besides the uploader's paths under the images root.
     """
     own_engine = engine is None
-    database = engine = engine or create_engine(settings)
+    engine = engine or create_engine(settings)
     scratch = Path(tempfile.mkdtemp(prefix="image-grouping-dry-run-")) if settings.dry_run else None
-    if scratch is not None:
-        database = await _dry_run_engine(engine, scratch)
-    elif wait_for_database:
+
+    async def prepare() -> AsyncEngine:
+        """The database the handlers will use, its schema current."""
+        if scratch is not None:
+            return await _dry_run_engine(engine, scratch)
+        await ensure_schema(engine)
+        return engine
+
+    if wait_for_database:
         async for attempt in backoff("database", retry_on=UNREACHABLE):
             with attempt:
-                await ensure_schema(engine)
+                database = await prepare()
     else:
-        await ensure_schema(engine)
+        database = await prepare()
     thumbnail_store = DryRunThumbnailStore if settings.dry_run else ThumbnailStore
     adapters = Adapters(
         settings,
