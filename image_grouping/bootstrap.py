@@ -53,9 +53,17 @@ PROBE_TIMEOUT_SECONDS = 5.0
 UNREACHABLE = (OSError, TimeoutError, OperationalError, InterfaceError)
 
 
+def vision_params(settings: Settings) -> VisionParams:
+    """The settings face analysis reads (`model_pack`, `model_dir`, ...: the same names)."""
+    from image_grouping.vision.params import VisionParams
+
+    return VisionParams(**{item.name: getattr(settings, item.name) for item in fields(VisionParams)})
+
+
 def grouping_params(settings: Settings) -> GroupingParams:
+    """The GROUPING_* settings, without their prefix."""
     return GroupingParams(
-        **{field.name: getattr(settings, f"grouping_{field.name}") for field in fields(GroupingParams)}
+        **{item.name: getattr(settings, f"grouping_{item.name}") for item in fields(GroupingParams)}
     )
 
 
