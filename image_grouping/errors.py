@@ -56,3 +56,30 @@ class ImageTooLargeError(ImageError):
     """More pixels (or bytes) than allowed: a decompression bomb or an absurd upload."""
 
     reason = "image_too_large"
+
+
+class UnknownPersonError(BadInputError):
+    """A command or query names a person that does not exist (or no longer does)."""
+
+    reason = "unknown_person"
+
+
+class UnknownFaceError(BadInputError):
+    reason = "unknown_face"
+
+
+class UnknownImageError(BadInputError):
+    reason = "unknown_image"
+
+
+class InvalidCommandError(BadInputError):
+    """A well-formed command that cannot be carried out as asked: merging a person into itself, an
+    empty name, a box outside its photo."""
+
+    reason = "invalid_command"
+
+
+class ModelPackMismatchError(InvalidCommandError):
+    """Faces of different model packs are never compared, so a face cannot join a person of another's."""
+
+    reason = "model_pack_mismatch"

@@ -14,7 +14,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from image_grouping.errors import BadInputError, ImageNotFoundError
+from image_grouping.errors import BadInputError, CorruptImageError, ImageNotFoundError
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.records import FaceSet, ImageRecord, ImageResult, PersonRecord
 from image_grouping.storage.repositories import match_boxes  # TODO(merge): the domain module
@@ -337,9 +337,7 @@ class FakeAnalyzer:
     async def analyze_async(self, data: bytes) -> ImageAnalysis:
         self.calls.append(data)
         if data not in self.analyses:
-            from image_grouping.errors import ImageCorruptError
-
-            raise ImageCorruptError("not an image")
+            raise CorruptImageError("not an image")
         return self.analyses[data]
 
 
