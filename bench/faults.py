@@ -7,7 +7,11 @@ Publishes `--count` uploads of real photos, `--bad-share` of them bad input of e
 JSON, a wrong schema version, a missing image, a corrupt image, an image bomb, a path outside the images
 root), while at random moments of the run the worker is killed with SIGKILL three times and restarted,
 RabbitMQ's app is stopped and started once, and PostgreSQL is stopped for 20 s. Both services are ALWAYS
-started again when the script ends, whatever happens. After the queue drains it checks and prints:
+started again when the script ends, whatever happens. To leave the machine's own services alone (others
+use them), point it at a PostgreSQL cluster and a RabbitMQ node of its own: POSTGRES_ADMIN_DSN and
+BENCH_POSTGRES_CLUSTER (default main), BENCH_RABBITMQ_URL and BENCH_RABBITMQ_NODE (rabbitmqctl -n).
+
+After the queue drains it checks and prints:
 every good image has exactly one set of faces, every bad message is in the dead-letter queue with its
 reason, nothing is lost or duplicated (dead letters, like all publishes, are at-least-once: a fault
 between the broker storing one and the service seeing the confirm leaves an identical copy with the
@@ -20,6 +24,7 @@ import argparse
 import asyncio
 import atexit
 import json
+import os
 import random
 import signal
 import struct
@@ -41,8 +46,13 @@ from image_grouping.models.messages import ImageUploaded, new_event
 from image_grouping.storage.schema import faces, images
 
 POSTGRES_VERSION = next(Path("/etc/postgresql").iterdir()).name
-START_POSTGRES = ["pg_ctlcluster", "--skip-systemctl-redirect", POSTGRES_VERSION, "main", "start"]
-STOP_POSTGRES = ["pg_ctlcluster", "--skip-systemctl-redirect", POSTGRES_VERSION, "main", "stop"]
+POSTGRES_CLUSTER = os.environ.get("BENCH_POSTGRES_CLUSTER", "main")
+START_POSTGRES = ["pg_ctlcluster", "--skip-systemctl-redirect", POSTGRES_VERSION, POSTGRES_CLUSTER, "start"]
+STOP_POSTGRES = ["pg_ctlcluster", "--skip-systemctl-redirect", POSTGRES_VERSION, POSTGRES_CLUSTER, "stop"]
+RABBITMQCTL = [
+    "rabbitmqctl",
+    *(["-n", os.environ["BENCH_RABBITMQ_NODE"]] if "BENCH_RABBITMQ_NODE" in os.environ else []),
+]
 POSTGRES_OUTAGE_SECONDS = 20
 BROKER_OUTAGE_SECONDS = 5
 BAD_KINDS = {
@@ -58,7 +68,7 @@ BAD_KINDS = {
 def restore_services() -> None:
     """Start PostgreSQL and RabbitMQ's app, whatever state they are in (starting a running one is a no-op)."""
     subprocess.run(START_POSTGRES, capture_output=True, check=False)
-    subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, check=False)
+    subprocess.run([*RABBITMQCTL, "start_app"], capture_output=True, check=False)
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
@@ -124,9 +134,9 @@ class Faults:
         self.harness.start_worker(index)
 
     async def broker(self) -> None:
-        await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "stop_app"], capture_output=True, check=True)
+        await asyncio.to_thread(subprocess.run, [*RABBITMQCTL, "stop_app"], capture_output=True, check=True)
         await asyncio.sleep(BROKER_OUTAGE_SECONDS)
-        await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "start_app"], capture_output=True, check=True)
+        await asyncio.to_thread(subprocess.run, [*RABBITMQCTL, "start_app"], capture_output=True, check=True)
 
     async def postgres(self) -> None:
         await asyncio.to_thread(subprocess.run, STOP_POSTGRES, capture_output=True, check=True)

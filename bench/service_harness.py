@@ -21,6 +21,7 @@ from pathlib import Path
 import aio_pika
 import psycopg2
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from sqlalchemy import make_url
 
 from image_grouping.models.messages import ImageUploaded, new_event
 
@@ -58,7 +59,9 @@ class Harness:
         self.images_root = self.work / "images"
         self.images_root.mkdir()
         self.environment = os.environ | {
-            "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{self.database}",
+            "DATABASE_URL": make_url(POSTGRES_ADMIN_DSN)
+            .set(drivername="postgresql+asyncpg", database=self.database)
+            .render_as_string(hide_password=False),
             "RABBITMQ_URL": RABBITMQ_URL,
             "EXCHANGE_NAME": f"bench-{self.run}",
             "UPLOAD_QUEUE": f"bench-{self.run}.image-uploaded",
