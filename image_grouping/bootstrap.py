@@ -34,6 +34,7 @@ from image_grouping.storage import (
     ThumbnailStore,
     create_engine,
     ensure_schema,
+    read_database_id,
     redact,
 )
 from image_grouping.storage.database import engine_for_url
@@ -157,10 +158,11 @@ async def bootstrap(
     else:
         database = await prepare()
     thumbnail_store = DryRunThumbnailStore if settings.dry_run else ThumbnailStore
+    database_id = await read_database_id(database)  # each database has its own thumbnail folder
     adapters = Adapters(
         settings,
         database,
-        thumbnail_store(settings.thumbnail_save_path, settings.system_storage),
+        thumbnail_store(settings.thumbnail_save_path, settings.system_storage, database_id),
         ImageFiles(
             ImagePathResolver(settings.db_prefix, settings.container_images_root),
             settings.max_image_bytes,

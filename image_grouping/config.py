@@ -43,10 +43,12 @@ class Settings(BaseSettings):
         default=Path("data"), description="Root of the service's storage; stored paths are relative to it."
     )
     thumbnail_save_path: Path = Field(
-        default=Path("data/thumbnails"), description="Where face thumbnails are written."
+        default=Path("data/thumbnails"),
+        description="Face thumbnails, a folder per database. Default: SYSTEM_STORAGE/thumbnails.",
     )
     image_save_path: Path = Field(
-        default=Path("data/images"), description="Where the uploader's images are kept (local mode)."
+        default=Path("data/images"),
+        description="Where the uploader's images are kept (local mode). Default: SYSTEM_STORAGE/images.",
     )
     db_prefix: str = Field(
         default="", description="UNC prefix of image paths as the uploader stores them, e.g. //server/files."
@@ -210,6 +212,15 @@ class Settings(BaseSettings):
     def _normalise_prefix(cls, value: str) -> str:
         # The uploader writes UNC paths with either slash; compare them in one form.
         return value.replace("\\", "/").rstrip("/")
+
+    @model_validator(mode="after")
+    def _storage_paths_follow_system_storage(self) -> Settings:
+        # SYSTEM_STORAGE=/srv/faces alone moves everything there, as the local SQLite file already does.
+        if "thumbnail_save_path" not in self.model_fields_set:
+            self.thumbnail_save_path = self.system_storage / "thumbnails"
+        if "image_save_path" not in self.model_fields_set:
+            self.image_save_path = self.system_storage / "images"
+        return self
 
     @model_validator(mode="after")
     def _pack_id_from_model_dir(self) -> Settings:

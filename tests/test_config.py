@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from image_grouping.config import SettingsError, load_settings
@@ -57,3 +59,15 @@ def test_error_shows_the_bad_value_but_no_secret(monkeypatch: pytest.MonkeyPatch
     assert "METRICS_PORT" in message
     assert "not-a-port" in message
     assert "hunter2" not in message
+
+
+def test_storage_paths_follow_system_storage_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("THUMBNAIL_SAVE_PATH", "IMAGE_SAVE_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SYSTEM_STORAGE", "/srv/faces")
+    settings = load_settings(_env_file=None)
+    assert settings.thumbnail_save_path == Path("/srv/faces/thumbnails")
+    assert settings.image_save_path == Path("/srv/faces/images")
+
+    monkeypatch.setenv("THUMBNAIL_SAVE_PATH", "/mnt/thumbs")
+    assert load_settings(_env_file=None).thumbnail_save_path == Path("/mnt/thumbs")

@@ -1,7 +1,7 @@
 """Persistence: the database (SQL Server, PostgreSQL, SQLite), its migrations, image paths and thumbnails."""
 
 from image_grouping.storage.database import create_engine, database_url, redact
-from image_grouping.storage.migrations import ensure_schema
+from image_grouping.storage.migrations import ensure_schema, read_database_id
 from image_grouping.storage.paths import ImagePathResolver, read_image_file
 from image_grouping.storage.repositories import (
     FaceRepository,
@@ -23,6 +23,7 @@ __all__ = [
     "create_engine",
     "database_url",
     "ensure_schema",
+    "read_database_id",
     "read_image_file",
     "redact",
 ]

@@ -135,3 +135,13 @@ recluster_runs = Table(
     Index(None, "kind", "started_at"),
     sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
 )
+
+# One row, written when the schema is created: the database's own identity. Files kept beside the database
+# are named by it (thumbnails go to THUMBNAIL_SAVE_PATH/<id>/), so two databases on one machine never share
+# a file although their image ids repeat. Stored in the database, it survives a change of password, host or
+# URL; a hash of the URL would not.
+database_identity = Table(
+    "database_identity",
+    metadata,
+    Column("id", String(32), primary_key=True),
+)

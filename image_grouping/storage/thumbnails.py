@@ -1,4 +1,9 @@
-"""Writes face thumbnails to disk; the database keeps their path relative to SYSTEM_STORAGE."""
+"""Writes face thumbnails to disk; the database keeps their path relative to SYSTEM_STORAGE.
+
+Each database has its own folder, `THUMBNAIL_SAVE_PATH/<database id>/`: image ids repeat between two
+databases on one machine (a second `--db`), and their files must never overwrite each other. Paths stored
+before the folders existed stay valid; they are read as stored.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
 class ThumbnailStore:
-    def __init__(self, thumbnail_dir: Path, system_storage: Path) -> None:
-        self._dir = thumbnail_dir.resolve()
+    def __init__(self, thumbnail_dir: Path, system_storage: Path, database_id: str) -> None:
+        if not database_id or _UNSAFE.search(database_id) or database_id.startswith("."):
+            raise ValueError(f"not a database id: {database_id!r}")
+        self._dir = (thumbnail_dir / database_id).resolve()
         self._storage = system_storage.resolve()
 
     def save(self, image_key: str, face_index: int, jpeg: bytes) -> str:

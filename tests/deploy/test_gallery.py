@@ -26,7 +26,13 @@ from image_grouping.bootstrap import bootstrap
 from image_grouping.config import Settings
 from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
 from image_grouping.report import write_gallery
-from image_grouping.storage import SqlUnitOfWork, ThumbnailStore, create_engine, ensure_schema
+from image_grouping.storage import (
+    SqlUnitOfWork,
+    ThumbnailStore,
+    create_engine,
+    ensure_schema,
+    read_database_id,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 PHOTOS = ["compreface__000_5.jpg", "compreface__016_8.jpg"]  # 5 + 8 annotated faces
@@ -64,9 +70,10 @@ def face_from_photo(photo: Image.Image, nose: tuple[int, int]) -> DetectedFace:
 async def build_database(settings: Settings, eval_dir: Path) -> dict[str, list[int]]:
     """Two photos' faces stored as the service would, then grouped by hand: a named person, an unnamed
     one, a hidden one and a few unassigned faces. Returns the face ids of each group."""
-    thumbnails = ThumbnailStore(settings.thumbnail_save_path, settings.system_storage)
     engine = create_engine(settings)
     await ensure_schema(engine)
+    database_id = await read_database_id(engine)
+    thumbnails = ThumbnailStore(settings.thumbnail_save_path, settings.system_storage, database_id)
     face_ids: list[int] = []
     try:
         async with SqlUnitOfWork(engine) as uow:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import sqlite3
 import subprocess
 import sys
@@ -16,13 +17,13 @@ from alembic.migration import MigrationContext
 from sqlalchemy import URL, Connection, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from image_grouping.storage import ensure_schema
+from image_grouping.storage import ensure_schema, read_database_id
 from image_grouping.storage.database import async_url, engine_for_url, odbc_url
 from image_grouping.storage.migrations import render_upgrade_sql
 from image_grouping.storage.schema import images, metadata
 
-HEAD_REVISION = "0003"
-TABLES = {"images", "faces", "persons", "cannot_links", "recluster_runs"}
+HEAD_REVISION = "0004"
+TABLES = {"images", "faces", "persons", "cannot_links", "recluster_runs", "database_identity"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -47,6 +48,7 @@ async def test_migrations_create_the_schema_from_nothing_as_the_code_declares_it
     empty_engine: AsyncEngine,
 ) -> None:
     await ensure_schema(empty_engine)
+    identity = await read_database_id(empty_engine)
     await ensure_schema(empty_engine)  # a second run has nothing to do
 
     async with empty_engine.connect() as connection:
@@ -54,13 +56,15 @@ async def test_migrations_create_the_schema_from_nothing_as_the_code_declares_it
     assert tables == TABLES
     assert revision == HEAD_REVISION
     assert differences == []
+    assert re.fullmatch("[0-9a-f]{32}", identity)
+    assert await read_database_id(empty_engine) == identity  # made once, kept
     if empty_engine.dialect.name == "postgresql":
         async with empty_engine.connect() as connection:
             options = await connection.scalar(text("SELECT reloptions FROM pg_class WHERE relname = 'faces'"))
         assert options == ["toast_tuple_target=8160"]
 
 
-@pytest.mark.parametrize("previous", ["0001", "0002"])
+@pytest.mark.parametrize("previous", ["0001", "0002", "0003"])
 async def test_upgrade_from_a_previous_revision_keeps_the_data(
     empty_engine: AsyncEngine, previous: str
 ) -> None:
@@ -85,6 +89,7 @@ async def test_upgrade_from_a_previous_revision_keeps_the_data(
         paths = (await connection.execute(select(images.c.source_path))).scalars().all()
     assert (tables, revision, differences) == (TABLES, HEAD_REVISION, [])
     assert paths == ["//srv/a.jpg"]
+    assert re.fullmatch("[0-9a-f]{32}", await read_database_id(empty_engine))  # an old database gets one
 
 
 def _offline_sql(url: URL) -> str:
@@ -105,7 +110,8 @@ def test_migrations_render_for_sql_server_in_offline_mode() -> None:
     assert "BIT NOT NULL" in sql  # persons.hidden
     assert "BOOLEAN" not in sql.upper()
     assert "AUTOINCREMENT" not in sql.upper()
-    assert "UPDATE alembic_version SET version_num='0003'" in sql
+    assert re.search(r"INSERT INTO database_identity \(id\) VALUES \('[0-9a-f]{32}'\)", sql)
+    assert "UPDATE alembic_version SET version_num='0004'" in sql
 
 
 def test_migrate_dry_run_prints_sql_and_no_password(tmp_path: Path) -> None:

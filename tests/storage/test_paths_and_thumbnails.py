@@ -12,6 +12,8 @@ from storage_factories import BOXES, make_analysis
 from image_grouping.errors import ImageNotFoundError, ImagePathError
 from image_grouping.storage import ImagePathResolver, ThumbnailStore
 
+DB = "3f2a9c0e8b7d4e6f9a1b2c3d4e5f6a7b"
+OTHER_DB = "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f"
 PREFIX = "//server_ip/files/location"
 
 
@@ -82,26 +84,26 @@ def test_missing_or_unreadable_files_raise_image_not_found(images_root: Path) ->
 
 
 def test_thumbnails_are_saved_under_system_storage_with_a_relative_path(tmp_path: Path) -> None:
-    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data")
+    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data", DB)
 
     first = store.save("42", 0, b"first")
     second = store.save("42", 0, b"second")  # a re-run overwrites in place
     odd = store.save("../../etc/x", 3, b"odd")
 
-    assert first == second == "thumbnails/42/42_0.jpg"
+    assert first == second == f"thumbnails/{DB}/42/42_0.jpg"
     assert store.path_of(first).read_bytes() == b"second"
-    assert (tmp_path / "data" / odd).resolve().is_relative_to(tmp_path / "data" / "thumbnails")
+    assert (tmp_path / "data" / odd).resolve().is_relative_to(tmp_path / "data" / "thumbnails" / DB)
     assert not list((tmp_path / "data" / "thumbnails").rglob(".tmp-*"))  # no temporary files left
 
 
 def test_thumbnails_outside_system_storage_get_an_absolute_path(tmp_path: Path) -> None:
-    saved = ThumbnailStore(tmp_path / "thumbs", tmp_path / "data").save("7", 1, b"x")
+    saved = ThumbnailStore(tmp_path / "thumbs", tmp_path / "data", DB).save("7", 1, b"x")
     assert Path(saved).is_absolute()
     assert Path(saved).read_bytes() == b"x"
 
 
 def test_all_faces_of_an_image_are_saved_in_face_order(tmp_path: Path) -> None:
-    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data")
+    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data", DB)
     analysis = make_analysis(BOXES)
     faces = [
         replace(face, thumbnail_jpeg=f"face {index}".encode()) for index, face in enumerate(analysis.faces)
@@ -110,14 +112,14 @@ def test_all_faces_of_an_image_are_saved_in_face_order(tmp_path: Path) -> None:
 
     paths = store.save_faces(42, analysis)
 
-    assert paths == [f"thumbnails/42/42_{analysis.model_pack}_{index}.jpg" for index in range(3)]
+    assert paths == [f"thumbnails/{DB}/42/42_{analysis.model_pack}_{index}.jpg" for index in range(3)]
     for path, face in zip(paths, analysis.faces, strict=True):
         assert store.path_of(path).read_bytes() == face.thumbnail_jpeg
     assert store.save_faces(42, analysis) == paths  # analysing again overwrites the same files
 
 
 def test_analysing_again_with_fewer_faces_removes_the_thumbnails_of_the_faces_gone(tmp_path: Path) -> None:
-    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data")
+    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data", DB)
     analysis = make_analysis(BOXES)
     first = store.save_faces(42, analysis)
     other_image = store.save_faces(43, analysis)
@@ -127,3 +129,24 @@ def test_analysing_again_with_fewer_faces_removes_the_thumbnails_of_the_faces_go
     assert again == first[:1]
     assert [store.path_of(path).exists() for path in first] == [True, False, False]
     assert all(store.path_of(path).exists() for path in other_image)
+
+
+def test_two_databases_never_share_a_thumbnail_file(tmp_path: Path) -> None:
+    """Image ids repeat between databases: image 42 of each must keep its own files."""
+    analysis = make_analysis(BOXES)
+    stores = [
+        ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data", db) for db in (DB, OTHER_DB)
+    ]
+    faces = [replace(face, thumbnail_jpeg=b"first database") for face in analysis.faces]
+    first = stores[0].save_faces(42, replace(analysis, faces=faces))
+
+    second = stores[1].save_faces(42, replace(analysis, faces=analysis.faces[:1]))  # fewer faces there
+
+    assert not set(first) & set(second)
+    assert all(stores[0].path_of(path).read_bytes() == b"first database" for path in first)
+
+
+@pytest.mark.parametrize("database_id", ["", "..", "../x", "a/b"])
+def test_a_database_id_that_is_not_a_plain_name_is_refused(tmp_path: Path, database_id: str) -> None:
+    with pytest.raises(ValueError, match="not a database id"):
+        ThumbnailStore(tmp_path / "thumbnails", tmp_path, database_id)

@@ -7,10 +7,11 @@ from pathlib import Path
 import structlog
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.storage.database import redact
+from image_grouping.storage.schema import database_identity
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +45,13 @@ async def ensure_schema(engine: AsyncEngine, revision: str = HEAD) -> None:
     """Create or upgrade the schema to `revision` (the latest by default) in one transaction."""
     async with engine.begin() as connection:
         await connection.run_sync(_upgrade, revision)
-    log.info("database schema ready", url=redact(engine.url), revision=revision)
+    log.debug("database schema ready", url=redact(engine.url), revision=revision)
+
+
+async def read_database_id(engine: AsyncEngine) -> str:
+    """The identity the schema's creation gave this database; it names the database's thumbnail folder."""
+    async with engine.connect() as connection:
+        return (await connection.execute(select(database_identity.c.id))).scalar_one()
 
 
 async def schema_is_current(engine: AsyncEngine) -> bool:
