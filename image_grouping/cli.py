@@ -7,14 +7,19 @@ libraries it needs.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
+import traceback
 from collections.abc import Callable
+from enum import Enum
+from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 
 from image_grouping.config import Settings, SettingsError, load_settings
+from image_grouping.errors import DatabaseUnreachableError
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -36,6 +41,45 @@ DatabaseUrl = Annotated[
     typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL, SQL_CONNECTION_STRING or local SQLite."),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def _choices(setting: str) -> type[Enum]:
+    """The values a setting allows, as an Enum: --help lists them and the command line refuses others."""
+    values = get_args(Settings.model_fields[setting].annotation)
+    return Enum(setting.title(), {value: value for value in values}, type=str)  # type: ignore[return-value]
+
+
+Service = _choices("service")
+Mode = _choices("mode")
+
+
+def main() -> None:
+    """The console script. A setting the commands cannot run with (a malformed DATABASE_URL, an
+    unsupported database) or a database they cannot connect to is one line on stderr, naming the setting
+    and the problem, and exit status 2; LOG_LEVEL=DEBUG adds the traceback."""
+    try:
+        app()
+    except (SettingsError, DatabaseUnreachableError) as error:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+        typer.echo(str(error), err=True)
+        sys.exit(2)
+
+
+def _show_version(show: bool) -> None:
+    if show:
+        typer.echo(f"image-grouping {version('image-grouping')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Finds the faces in photos and groups them into persons."""
 
 
 def _service_event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -65,10 +109,10 @@ def _settings(*, configure_logging: bool = True, **overrides: object) -> Setting
 
 @app.command()
 def consume(
-    service: Annotated[
-        str | None, typer.Option(help="detection, recognition or both (default: SERVICE).")
+    service: Annotated[Service | None, typer.Option(help="Which consumers run (default: SERVICE).")] = None,
+    mode: Annotated[
+        Mode | None, typer.Option(help="Repeat or process what is pending (default: MODE).")
     ] = None,
-    mode: Annotated[str | None, typer.Option(help="oneshot or loop (default: MODE).")] = None,
     recluster: Annotated[
         bool | None,
         typer.Option("--recluster/--no-recluster", help="Regroup all faces (default: RECOGNIZER_ARGS)."),
@@ -76,7 +120,7 @@ def consume(
     dry_run: DryRun = False,
 ) -> None:
     """Run the service: consume RabbitMQ messages (MODE=loop) or process what is pending (MODE=oneshot)."""
-    settings = _settings(service=service, mode=mode, dry_run=dry_run or None)
+    settings = _settings(service=service and service.value, mode=mode and mode.value, dry_run=dry_run or None)
     from image_grouping.consumer.app import run_service
 
     if recluster is not None:
@@ -287,4 +331,4 @@ def eval_grouping(
 
 
 if __name__ == "__main__":
-    app()
+    main()

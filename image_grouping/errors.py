@@ -27,13 +27,19 @@ class ImagePathError(BadInputError):
 
 
 class ImageNotFoundError(BadInputError):
-    """The image file does not exist or cannot be read."""
+    """No image file at the path (missing, or a folder)."""
 
     reason = "image_not_found"
 
 
 class ImageError(BadInputError):
     """The bytes are not an image this service can decode."""
+
+    reason = "image_unreadable"
+
+
+class ImageUnreadableError(ImageError):
+    """The file is there but may not be read (permission denied)."""
 
     reason = "image_unreadable"
 
@@ -83,3 +89,10 @@ class ModelPackMismatchError(InvalidCommandError):
     """Faces of different model packs are never compared, so a face cannot join a person of another's."""
 
     reason = "model_pack_mismatch"
+
+
+class DatabaseUnreachableError(ConnectionError):
+    """No connection to the database could be opened: refused, unknown host, missing database, bad login.
+
+    Transient for the service, which waits for its database at start (a ConnectionError, as a socket's);
+    a command prints it (it names the setting and the problem in one line) and exits 2."""

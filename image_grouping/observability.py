@@ -105,6 +105,10 @@ def configure_logging(settings: Settings) -> None:
     # aio-pika and aiormq are chatty at INFO on every reconnect attempt.
     for noisy in ("aio_pika", "aiormq"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # Alembic's set-up lines and faiss's "Could not load library with AVX512 support" (it then loads the
+    # build this CPU runs) come at INFO on every command and read like errors: shown at DEBUG only.
+    for noisy in ("alembic", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
 
 
 def start_metrics_server(port: int | None) -> None:

@@ -91,7 +91,7 @@ def evaluate_detector(
     entries = read_annotations(annotations, limit)
     all_scores, all_hits, faces = [], [], 0
     started = time.perf_counter()
-    for name, truth in tqdm(entries, desc="detection", unit="image", leave=False):
+    for name, truth in tqdm(entries, desc="detection", unit="image", leave=False, disable=None):
         boxes, scores = detector(images / name)
         hits = match(truth, boxes, scores)
         all_scores.append(np.sort(scores)[::-1])

@@ -2,6 +2,10 @@
 
 `DATABASE_URL` (any SQLAlchemy URL) wins; else the ODBC `SQL_CONNECTION_STRING` of the original service is
 used as is through `odbc_connect`; else a SQLite file under `SYSTEM_STORAGE`.
+
+A setting that is no URL or names an unsupported database raises `SettingsError`; a database that cannot
+be connected to (refused, unknown host, missing database, bad login) raises `DatabaseUnreachableError`.
+Both name the setting and say the problem in one line, which the command line prints as it is.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import structlog
 from sqlalchemy import URL, event, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from image_grouping.config import Settings
+from image_grouping.config import Settings, SettingsError
+from image_grouping.errors import DatabaseUnreachableError
 
 log = structlog.get_logger(__name__)
 
@@ -69,35 +74,69 @@ def async_url(url: str | URL) -> URL:
     return url.set(drivername=f"{backend}+{driver}")
 
 
+def database_setting(settings: Settings) -> str:
+    """The setting the database comes from, to name in messages (`--db` overrides DATABASE_URL)."""
+    if settings.database_url is not None:
+        return "DATABASE_URL"
+    if settings.sql_connection_string is not None:
+        return "SQL_CONNECTION_STRING"
+    return "SYSTEM_STORAGE"  # the local SQLite file in it
+
+
 def database_url(settings: Settings) -> URL:
     if settings.database_url is not None:
-        return async_url(settings.database_url.get_secret_value())
+        try:
+            return async_url(settings.database_url.get_secret_value())
+        except ValueError as error:
+            raise SettingsError(f"DATABASE_URL: {error}") from None
     if settings.sql_connection_string is not None:
         return odbc_url(settings.sql_connection_string.get_secret_value())
     return URL.create("sqlite+aiosqlite", database=str(settings.system_storage / SQLITE_FILE_NAME))
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
-    return engine_for_url(database_url(settings))
+    return engine_for_url(database_url(settings), setting=database_setting(settings))
 
 
-def engine_for_url(url: URL) -> AsyncEngine:
+def engine_for_url(url: URL, *, setting: str = "database") -> AsyncEngine:
     options: dict[str, Any] = {"pool_pre_ping": True}
     backend = url.get_backend_name()
     if backend == "sqlite":
         options = {}
         if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise SettingsError(
+                    f"{setting}: cannot create the folder of {url.database}: {error.strerror}"
+                ) from None
     elif backend == "postgresql":
         options.update(pool_size=5, max_overflow=10, pool_recycle=1800)
     elif backend == "mssql":
         # Azure SQL drops idle connections after ~30 min; recycle before that.
         options.update(pool_size=5, max_overflow=10, pool_recycle=1200)
     engine = create_async_engine(url, **options)
+    _explain_connect_failures(engine, setting)
     if backend == "sqlite":
         _tune_sqlite(engine)
     log.debug("database engine created", url=redact(url))
     return engine
+
+
+def _explain_connect_failures(engine: AsyncEngine, setting: str) -> None:
+    """A failed connect raises DatabaseUnreachableError naming the setting, the URL (no password) and
+    the driver's reason, instead of the driver's own error under dozens of lines of traceback."""
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except Exception as error:
+            reason = getattr(error, "orig", None) or error  # a driver error wrapped by SQLAlchemy's adapter
+            detail = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+            raise DatabaseUnreachableError(
+                f"{setting}: cannot connect to {redact(engine.url)}: {redact(detail)}"
+            ) from error
 
 
 def _tune_sqlite(engine: AsyncEngine) -> None:

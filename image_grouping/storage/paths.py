@@ -7,7 +7,12 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from image_grouping.errors import ImageNotFoundError, ImagePathError, ImageTooLargeError
+from image_grouping.errors import (
+    ImageNotFoundError,
+    ImagePathError,
+    ImageTooLargeError,
+    ImageUnreadableError,
+)
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:/")
 
@@ -35,7 +40,7 @@ class ImagePathResolver:
         if not resolved.is_file():
             raise ImageNotFoundError(f"image not found: {stored_path!r}")
         if not os.access(resolved, os.R_OK):
-            raise ImageNotFoundError(f"image not readable: {stored_path!r}")
+            raise ImageUnreadableError(f"image not readable: {stored_path!r}")
         return resolved
 
     def _candidate(self, stored_path: str) -> Path:
@@ -52,7 +57,7 @@ class ImagePathResolver:
 
 
 def read_image_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
-    """The file's bytes and their sha256; a file that vanished, cannot be read or is too big is bad input.
+    """The file's bytes and their sha256; a file that vanished, may not be read or is too big is bad input.
 
     The size is checked before reading, so an absurd file is refused without loading it into memory.
     """
@@ -61,6 +66,8 @@ def read_image_file(path: Path, max_bytes: int) -> tuple[bytes, str]:
         if size > max_bytes:
             raise ImageTooLargeError(f"{size} bytes is more than the {max_bytes} allowed")
         data = path.read_bytes()
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
+    except (FileNotFoundError, IsADirectoryError) as error:  # no image file (any more) at this path
         raise ImageNotFoundError(f"cannot read {path.name}: {error.strerror}") from None
+    except PermissionError as error:  # other OSErrors (a share's hiccup) are transient: retried
+        raise ImageUnreadableError(f"cannot read {path.name}: {error.strerror}") from None
     return data, hashlib.sha256(data).hexdigest()

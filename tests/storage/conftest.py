@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from database_helpers import emptied, migrated_engine
@@ -46,3 +48,25 @@ async def engine(
 @pytest.fixture
 async def uow_factory(engine: AsyncEngine) -> Callable[[], SqlUnitOfWork]:
     return await emptied(engine)
+
+
+@pytest.fixture
+def deny_reading(monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], None]:
+    """Makes reading a file fail with "permission denied": by its mode, or, for root (who reads any file,
+    as the tests may run), by what the file calls answer for that one path."""
+
+    def deny(denied: Path) -> None:
+        if os.geteuid() != 0:
+            denied.chmod(0)
+            return
+        read_bytes, access = Path.read_bytes, os.access
+
+        def guarded_read_bytes(path: Path) -> bytes:
+            if path == denied:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return read_bytes(path)
+
+        monkeypatch.setattr(Path, "read_bytes", guarded_read_bytes)
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != denied and access(path, mode))
+
+    return deny

@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,4 +93,36 @@ def test_find_images_walks_folders_and_leaves_out_other_and_hidden_files(tmp_pat
         "a/c.png",
         "a/d.heic",
         "b.JPG",
+    ]
+
+
+@pytest.mark.slow
+def test_a_photo_that_may_not_be_read_is_reported_unreadable_and_the_scan_goes_on(
+    eval_dir: Path,
+    tmp_path: Path,
+    deny_reading: Callable[[Path], None],
+) -> None:
+    photos = tmp_path.resolve() / "photos"
+    photos.mkdir()
+    shutil.copy(eval_dir / "groups" / PHOTOS[0], photos / "readable.jpg")
+    shutil.copy(eval_dir / "groups" / PHOTOS[1], photos / "locked.jpg")
+    deny_reading(photos / "locked.jpg")
+    settings = load_settings(
+        database_url=f"sqlite:///{tmp_path / 'scan.sqlite3'}",
+        sql_connection_string=None,
+        system_storage=tmp_path,
+    )
+
+    problems: list[str] = []
+
+    async def scan() -> ScanSummary:
+        async with bootstrap(settings, local_files=True) as adapters:
+            deps = adapters.detection_deps(skip_known_content=True)
+            return await scan_files(find_images(photos), deps, 2, lambda _, lines: problems.extend(lines))
+
+    summary = asyncio.run(scan())
+
+    assert (summary.analysed, summary.failed) == (1, 1)
+    assert [line.split(" (")[0] for line in problems] == [
+        f"skipped {photos / 'locked.jpg'}: image_unreadable"
     ]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from storage_factories import BOXES, make_analysis
 
-from image_grouping.errors import ImageNotFoundError, ImagePathError
-from image_grouping.storage import ImagePathResolver, ThumbnailStore
+from image_grouping.errors import ImageNotFoundError, ImagePathError, ImageUnreadableError
+from image_grouping.storage import ImagePathResolver, ThumbnailStore, read_image_file
 
 DB = "3f2a9c0e8b7d4e6f9a1b2c3d4e5f6a7b"
 OTHER_DB = "0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f"
@@ -71,16 +71,27 @@ def test_paths_leading_outside_the_images_root_are_refused(images_root: Path, st
         ImagePathResolver(PREFIX, images_root).resolve(stored)
 
 
-def test_missing_or_unreadable_files_raise_image_not_found(images_root: Path) -> None:
+def test_missing_files_and_folders_raise_image_not_found(images_root: Path) -> None:
     resolver = ImagePathResolver(PREFIX + "/", images_root)
     with pytest.raises(ImageNotFoundError):
         resolver.resolve(PREFIX + "/2024/trip/missing.jpg")
     with pytest.raises(ImageNotFoundError):
         resolver.resolve(PREFIX + "/2024/trip")  # a folder
-    if os.geteuid() != 0:  # root reads everything
-        (images_root / "2024" / "trip" / "a.jpg").chmod(0)
-        with pytest.raises(ImageNotFoundError):
-            resolver.resolve(PREFIX + "/2024/trip/a.jpg")
+    with pytest.raises(ImageNotFoundError):
+        read_image_file(images_root / "2024" / "trip", 1_000_000)
+
+
+def test_a_file_that_may_not_be_read_is_image_unreadable(
+    images_root: Path, deny_reading: Callable[[Path], None]
+) -> None:
+    denied = images_root / "2024" / "trip" / "a.jpg"
+    deny_reading(denied)
+
+    with pytest.raises(ImageUnreadableError) as refused:
+        ImagePathResolver(PREFIX, images_root).resolve(PREFIX + "/2024/trip/a.jpg")
+    assert refused.value.reason == "image_unreadable"  # the dead-letter reason
+    with pytest.raises(ImageUnreadableError, match="Permission denied"):
+        read_image_file(denied, 1_000_000)
 
 
 def test_thumbnails_are_saved_under_system_storage_with_a_relative_path(tmp_path: Path) -> None:
