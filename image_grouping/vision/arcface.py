@@ -9,6 +9,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+# Faces per run. Larger batches are no faster per face on CPU, and each face holds its intermediate
+# tensors (5-10 MB in buffalo_sc's recogniser) until the run ends: a detection batch of group photos
+# would otherwise hold hundreds of megabytes at once.
+MAX_BATCH = 8
+
 
 def _input_normalisation(model_path: Path) -> tuple[float, float]:
     """Mean and std the network expects: models converted from MXNet subtract and scale inside the graph."""
@@ -31,9 +36,14 @@ class ArcFace:
         self.input_mean, self.input_std = _input_normalisation(model_path)
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
-        """L2-normalised float32 embeddings (n, dim) of aligned RGB crops, in one batch."""
+        """L2-normalised float32 embeddings (n, dim) of aligned RGB crops, `MAX_BATCH` at a time."""
         if not crops:
             return np.empty((0, self.embedding_dim), dtype=np.float32)
+        return np.concatenate(
+            [self._embed(crops[start : start + MAX_BATCH]) for start in range(0, len(crops), MAX_BATCH)]
+        )
+
+    def _embed(self, crops: list[np.ndarray]) -> np.ndarray:
         blob = cv2.dnn.blobFromImages(
             crops,
             1.0 / self.input_std,
