@@ -1,8 +1,12 @@
 """Throughput, embedding agreement and peak memory: this project's pipeline versus plain InsightFace.
 
-Builds 12-megapixel JPEGs (4032x3024, quality 90) by upscaling all group photos of ../shared/eval and a
-sample of its detection photos into a temporary folder, then runs each side in its own subprocess on the
-same files, alternating sides over the rounds so that both see the same machine load:
+Two sets of photos, in a temporary folder:
+- 12 MP: 12-megapixel JPEGs (4032x3024, quality 90) built by upscaling all group photos of
+  ../shared/eval and a sample of its detection photos;
+- small: a sample of the FDDB / PASCAL detection photos (about 450x340) and as many LFW crops (250x250),
+  as they are.
+Each side runs in its own subprocess on the same files, alternating which side goes first over the
+rounds (and the sets within a round) so that both see the same machine load:
 
 - insightface, as a user would write it: `cv2.imread` + `FaceAnalysis(name=<buffalo_sc folder>).get(img)`
   at det_size 640, onnxruntime's default threads (all cores), one image after the other;
@@ -10,7 +14,7 @@ same files, alternating sides over the rounds so that both see the same machine 
   thread per run), `max_in_flight` images handed to `FaceAnalyzer.analyze_async` at once (decode,
   detect, align, embed, quality, thumbnails).
 
-    .venv/bin/python bench/pipeline.py --images 61 --rounds 2
+    .venv/bin/python bench/pipeline.py --images 61 --small 150 --rounds 2
 """
 
 from __future__ import annotations
@@ -49,6 +53,22 @@ def build_images(folder: Path, count: int, seed: int) -> list[Path]:
         left, top = (resized.width - width) // 2, (resized.height - height) // 2
         path = folder / f"{index:03d}_{source.stem}.jpg"
         resized.crop((left, top, left + width, top + height)).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def link_small_photos(folder: Path, count: int, seed: int) -> list[Path]:
+    """`count` detection photos and `count` LFW crops, linked into `folder` as they are."""
+    rng = random.Random(seed)
+    detection = sorted((EVAL / "detection" / "images").rglob("*.jpg"))
+    identity = sorted((EVAL / "identity").glob("*/*.jpg"))
+    sources = rng.sample(detection, min(count, len(detection))) + rng.sample(
+        identity, min(count, len(identity))
+    )
+    paths = []
+    for index, source in enumerate(sources):
+        path = folder / f"{index:04d}_{source.name}"
+        path.symlink_to(source)
         paths.append(path)
     return paths
 
@@ -158,12 +178,33 @@ def agreement(ours: dict, reference: dict) -> tuple[list[float], int, int]:
     return cosines, only_ours, only_reference
 
 
+def run_side(name: str, folder: Path, out: Path) -> dict:
+    command = [sys.executable, __file__, "--side", name, "--folder", str(folder), "--out", str(out)]
+    subprocess.run(command, check=True)
+    return dict(np.load(out))
+
+
+def report(results: dict, images: int) -> None:
+    for name in ("insightface", "ours"):
+        result = results[name]
+        faces, seconds = int(result["counts"].sum()), float(result["seconds"])
+        print(
+            f"{name:12s} {images / seconds:6.2f} images/s {faces / seconds:7.2f} faces/s "
+            f"({faces} faces)  latency median {1000 * np.median(result['latencies']):.0f} ms "
+            f"p95 {1000 * np.percentile(result['latencies'], 95):.0f} ms  "
+            f"peak RSS {float(result['peak_rss_mb']):.0f} MB"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--images", type=int, default=61, help="12 MP images to build (21 group photos first)."
+    )
+    parser.add_argument(
+        "--small", type=int, default=150, help="Small photos: this many detection photos and LFW crops each."
     )
     parser.add_argument("--rounds", type=int, default=2, help="Runs of each side, alternating.")
     parser.add_argument("--seed", type=int, default=0)
@@ -175,50 +216,43 @@ def main() -> None:
         side(args.side, args.folder, args.out)
         return
 
-    with tempfile.TemporaryDirectory(prefix="bench_12mp_") as temporary:
-        folder = Path(temporary)
-        paths = build_images(folder, args.images, args.seed)
-        print(f"{len(paths)} images of 12 MP in {folder}, {os.cpu_count()} CPUs")
-        ratios = []
+    with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as temporary:
+        folders = {"12 MP": Path(temporary) / "12mp", "small": Path(temporary) / "small"}
+        for folder in folders.values():
+            folder.mkdir()
+        sizes = {
+            "12 MP": len(build_images(folders["12 MP"], args.images, args.seed)),
+            "small": len(link_small_photos(folders["small"], args.small, args.seed)),
+        }
+        print(f"{sizes['12 MP']} images of 12 MP, {sizes['small']} small photos, {os.cpu_count()} CPUs")
+        ratios: dict[str, list[float]] = {name: [] for name in folders}
+        last: dict[str, dict] = {}
         for round_index in range(args.rounds):
             order = ("insightface", "ours") if round_index % 2 == 0 else ("ours", "insightface")
-            results = {}
-            for name in order:
-                out = folder / f"{name}.npz"
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--side",
-                    name,
-                    "--folder",
-                    str(folder),
-                    "--out",
-                    str(out),
-                ]
-                subprocess.run(command, check=True)
-                results[name] = dict(np.load(out))
-            print(f"--- round {round_index + 1} ({' then '.join(order)})")
-            for name in ("insightface", "ours"):
-                result = results[name]
-                faces, seconds = int(result["counts"].sum()), float(result["seconds"])
-                print(
-                    f"{name:12s} {len(paths) / seconds:6.2f} images/s {faces / seconds:7.2f} faces/s "
-                    f"({faces} faces)  latency median {1000 * np.median(result['latencies']):.0f} ms "
-                    f"p95 {1000 * np.percentile(result['latencies'], 95):.0f} ms  "
-                    f"peak RSS {float(result['peak_rss_mb']):.0f} MB"
+            for set_name, folder in folders.items():
+                results = {name: run_side(name, folder, Path(temporary) / f"{name}.npz") for name in order}
+                print(f"--- {set_name}, round {round_index + 1} ({' then '.join(order)})")
+                report(results, sizes[set_name])
+                ratios[set_name].append(
+                    float(results["insightface"]["seconds"]) / float(results["ours"]["seconds"])
                 )
-            ratios.append(float(results["insightface"]["seconds"]) / float(results["ours"]["seconds"]))
-            print(f"throughput ratio ours / insightface: {ratios[-1]:.2f}x")
+                print(f"throughput ratio ours / insightface: {ratios[set_name][-1]:.2f}x")
+                last[set_name] = results
 
-    print(f"throughput ratio over {len(ratios)} rounds: " + ", ".join(f"{r:.2f}x" for r in ratios))
-    cosines, only_ours, only_reference = agreement(results["ours"], results["insightface"])
-    if cosines:
-        median, fifth = np.median(cosines), np.percentile(cosines, 5)
+    for set_name, results in last.items():
+        print(f"=== {set_name}")
         print(
-            f"embedding agreement over {len(cosines)} matched faces: median cosine {median:.4f}, "
-            f"5th percentile {fifth:.4f}, min {min(cosines):.4f}"
+            f"throughput ratio over {len(ratios[set_name])} rounds: "
+            + ", ".join(f"{r:.2f}x" for r in ratios[set_name])
         )
-    print(f"faces found only by ours: {only_ours}, only by insightface: {only_reference}")
+        cosines, only_ours, only_reference = agreement(results["ours"], results["insightface"])
+        if cosines:
+            median, fifth = np.median(cosines), np.percentile(cosines, 5)
+            print(
+                f"embedding agreement over {len(cosines)} matched faces: median cosine {median:.4f}, "
+                f"5th percentile {fifth:.4f}, min {min(cosines):.4f}"
+            )
+        print(f"faces found only by ours: {only_ours}, only by insightface: {only_reference}")
 
 
 if __name__ == "__main__":
