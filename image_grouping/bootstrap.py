@@ -26,6 +26,7 @@ from image_grouping.config import Settings
 from image_grouping.grouping import GroupingParams
 from image_grouping.handlers.detection import DetectionDeps
 from image_grouping.handlers.ports import Analyzer, UnitOfWork, UnitOfWorkFactory
+from image_grouping.handlers.queries import SuggestionParams
 from image_grouping.handlers.recognition import GroupingDeps
 from image_grouping.retry import backoff
 from image_grouping.storage import (
@@ -66,6 +67,11 @@ def grouping_params(settings: Settings) -> GroupingParams:
     return GroupingParams(
         **{item.name: getattr(settings, f"grouping_{item.name}") for item in fields(GroupingParams)}
     )
+
+
+def suggestion_params(settings: Settings) -> SuggestionParams:
+    """Suggestions compare the faces of the current model pack."""
+    return SuggestionParams(model_pack=settings.model_pack)
 
 
 @dataclass

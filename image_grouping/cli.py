@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 
+from image_grouping.cli_people import faces_app, images_app, persons_app
 from image_grouping.config import Settings, SettingsError, load_settings
 from image_grouping.errors import DatabaseUnreachableError
 
@@ -34,6 +35,9 @@ app = typer.Typer(
 )
 eval_app = typer.Typer(help="Measure detection and grouping on labelled photos.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+app.add_typer(persons_app, name="persons")
+app.add_typer(faces_app, name="faces")
+app.add_typer(images_app, name="images")
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Compute everything, write and publish nothing.")]
 DatabaseUrl = Annotated[

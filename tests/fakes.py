@@ -17,6 +17,7 @@ import numpy as np
 from image_grouping.errors import BadInputError, CorruptImageError, ImageNotFoundError
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.records import FaceSet, ImageRecord, ImageResult, PersonRecord
+from image_grouping.models.views import FaceView, ImageView, PersonSummary
 from image_grouping.storage.repositories import match_boxes  # TODO(merge): the domain module
 
 AUTOMATIC, BY_HAND = "grouping", "manual"
@@ -75,6 +76,7 @@ class FakeUnitOfWork:
         self.faces = FakeFaces(self)
         self.persons = FakePersons(self)
         self.runs = FakeRuns(self)
+        self.views = FakeViews(self)
         return self
 
     async def __aexit__(
@@ -323,6 +325,122 @@ class FakeRuns(_Repository):
     async def latest(self, kind: str) -> dict[str, Any] | None:
         runs = [run for run in self.state.runs if run["kind"] == kind]
         return dict(runs[-1]) if runs else None
+
+
+class FakeViews(_Repository):
+    """The read side of the people (ViewStore), over the same state; a photo's current faces only."""
+
+    def _current(self) -> list[FaceRow]:
+        return [
+            row
+            for row in self.state.faces.values()
+            if (image := self.state.images.get(row.image_id)) is not None
+            and image.model_pack == row.model_pack
+        ]
+
+    def _view(self, row: FaceRow) -> FaceView:
+        return FaceView(
+            id=row.id,
+            image_id=row.image_id,
+            path=self.state.images[row.image_id].source_path,
+            box=tuple(float(value) for value in row.box),  # type: ignore[arg-type]
+            thumbnail=row.thumbnail_path,
+            assigned_by="manual" if row.assigned_by == BY_HAND else "auto",
+            person_id=row.person_id,
+        )
+
+    def _summary(self, person_id: int) -> PersonSummary:
+        values = self.state.persons[person_id]
+        cover = self.state.faces.get(values["cover_face_id"]) if values["cover_face_id"] else None
+        return PersonSummary(
+            id=person_id,
+            name=values["name"],
+            hidden=values["hidden"],
+            face_count=sum(1 for row in self._current() if row.person_id == person_id),
+            cover_face_id=values["cover_face_id"],
+            cover_thumbnail=cover.thumbnail_path if cover else None,
+        )
+
+    @staticmethod
+    def _page(rows: list[Any], offset: int, limit: int | None) -> list[Any]:
+        return rows[offset : None if limit is None else offset + limit]
+
+    @staticmethod
+    def _clearest_first(rows: Iterable[FaceRow]) -> list[FaceRow]:
+        return sorted(rows, key=lambda row: (-row.det_score, row.id))
+
+    async def person_summaries(
+        self, *, include_hidden: bool, offset: int, limit: int | None
+    ) -> list[PersonSummary]:
+        summaries = [self._summary(person_id) for person_id in self.state.persons]
+        summaries = [each for each in summaries if include_hidden or not each.hidden]
+        summaries.sort(
+            key=lambda each: (
+                each.name is None,
+                (each.name or "").lower(),
+                each.name or "",
+                -each.face_count,
+                each.id,
+            )
+        )
+        return self._page(summaries, offset, limit)
+
+    async def count_persons(self, *, include_hidden: bool) -> int:
+        return sum(1 for values in self.state.persons.values() if include_hidden or not values["hidden"])
+
+    async def person(self, person_id: int) -> PersonSummary | None:
+        return self._summary(person_id) if person_id in self.state.persons else None
+
+    async def existing_persons(self, person_ids: Iterable[int]) -> set[int]:
+        return set(person_ids) & set(self.state.persons)
+
+    async def faces_of_person(self, person_id: int, *, offset: int, limit: int | None) -> list[FaceView]:
+        rows = self._clearest_first(row for row in self._current() if row.person_id == person_id)
+        return [self._view(row) for row in self._page(rows, offset, limit)]
+
+    async def unassigned_faces(self, *, offset: int, limit: int | None) -> list[FaceView]:
+        rows = self._clearest_first(row for row in self._current() if row.person_id is None)
+        return [self._view(row) for row in self._page(rows, offset, limit)]
+
+    async def faces_of_image(self, image_id: int) -> list[FaceView]:
+        return [
+            self._view(row) for row in sorted(self._current(), key=lambda r: r.id) if row.image_id == image_id
+        ]
+
+    async def embeddings(self, face_ids: Sequence[int], model_pack: str) -> dict[int, np.ndarray]:
+        rows = (self.state.faces.get(face_id) for face_id in face_ids)
+        return {row.id: row.embedding for row in rows if row is not None and row.model_pack == model_pack}
+
+    async def assigned_faces(self, model_pack: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        rows = sorted(
+            (row for row in self._current() if row.model_pack == model_pack and row.person_id is not None),
+            key=lambda row: row.id,
+        )
+        return (
+            np.array([row.id for row in rows], np.int64),
+            np.array([row.person_id for row in rows], np.int64),
+            np.array([row.image_id for row in rows], np.int64),
+            np.stack([row.embedding for row in rows]).astype(np.float32)
+            if rows
+            else np.empty((0, 0), np.float32),
+        )
+
+    async def image(self, image_id: int) -> ImageView | None:
+        image = self.state.images.get(image_id)
+        if image is None:
+            return None
+        return ImageView(image.id, image.source_path, image.source_id, image.width, image.height)
+
+    async def images_with(
+        self, person_ids: Sequence[int], *, offset: int, limit: int | None
+    ) -> list[ImageView]:
+        wanted = set(person_ids)
+        shown: dict[int, set[int]] = {}
+        for row in self._current():
+            if row.person_id in wanted:
+                shown.setdefault(row.image_id, set()).add(row.person_id)
+        found = [image_id for image_id, persons in sorted(shown.items()) if persons == wanted]
+        return [view for image_id in self._page(found, offset, limit) if (view := await self.image(image_id))]
 
 
 class FakeAnalyzer:

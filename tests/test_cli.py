@@ -42,6 +42,11 @@ COMMANDS = [
     ["healthcheck"],
     ["eval", "detection"],
     ["eval", "grouping"],
+    ["persons", "list"],
+    ["persons", "show"],
+    ["persons", "suggest-merges"],
+    ["faces", "unassigned"],
+    ["images", "with"],
 ]
 
 

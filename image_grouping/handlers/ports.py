@@ -19,6 +19,7 @@ from image_grouping.errors import BadInputError
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.messages import EventData
 from image_grouping.models.records import FaceSet, ImageRecord, ImageResult, PersonRecord
+from image_grouping.models.views import FaceView, ImageView, PersonSummary
 
 Outcome = list[EventData] | BadInputError
 
@@ -81,6 +82,38 @@ class RunStore(Protocol):
     async def latest(self, kind: str) -> dict[str, Any] | None: ...
 
 
+class ViewStore(Protocol):
+    """The read side of the people (image_grouping.handlers.queries); a photo's current faces only."""
+
+    async def person_summaries(
+        self, *, include_hidden: bool, offset: int, limit: int | None
+    ) -> list[PersonSummary]: ...
+
+    async def count_persons(self, *, include_hidden: bool) -> int: ...
+
+    async def person(self, person_id: int) -> PersonSummary | None: ...
+
+    async def existing_persons(self, person_ids: Iterable[int]) -> set[int]: ...
+
+    async def faces_of_person(self, person_id: int, *, offset: int, limit: int | None) -> list[FaceView]: ...
+
+    async def unassigned_faces(self, *, offset: int, limit: int | None) -> list[FaceView]: ...
+
+    async def faces_of_image(self, image_id: int) -> list[FaceView]: ...
+
+    async def embeddings(self, face_ids: Sequence[int], model_pack: str) -> dict[int, np.ndarray]: ...
+
+    async def assigned_faces(
+        self, model_pack: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
+    async def image(self, image_id: int) -> ImageView | None: ...
+
+    async def images_with(
+        self, person_ids: Sequence[int], *, offset: int, limit: int | None
+    ) -> list[ImageView]: ...
+
+
 class UnitOfWork(Protocol):
     """One transaction: `async with unit_of_work() as uow: ...; await uow.commit()`; what is not
     committed is rolled back when the block ends."""
@@ -89,6 +122,7 @@ class UnitOfWork(Protocol):
     faces: FaceStore
     persons: PersonStore
     runs: RunStore
+    views: ViewStore
 
     async def __aenter__(self) -> Self: ...
 

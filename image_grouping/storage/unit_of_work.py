@@ -16,6 +16,7 @@ from image_grouping.storage.repositories import (
     PersonRepository,
     ReclusterRunRepository,
 )
+from image_grouping.storage.views import ViewRepository
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,7 @@ class SqlUnitOfWork:
     faces: FaceRepository
     persons: PersonRepository
     runs: ReclusterRunRepository
+    views: ViewRepository
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -43,6 +45,7 @@ class SqlUnitOfWork:
         self.faces = FaceRepository(connection)
         self.persons = PersonRepository(connection)
         self.runs = ReclusterRunRepository(connection)
+        self.views = ViewRepository(connection)
         return self
 
     async def __aexit__(

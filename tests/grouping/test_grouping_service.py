@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
+from lfw_faces import detected
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.bootstrap import grouping_params
@@ -18,30 +19,13 @@ from image_grouping.handlers.recognition import (
     handle_faces_detected,
     handle_recluster_requested,
 )
-from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
+from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.messages import PERIODIC, FacesDetected, PersonsUpdated, ReclusterRequested
 from image_grouping.models.persons import PersonChanges
 from image_grouping.storage import SqlUnitOfWork
 from image_grouping.storage.unit_of_work import DryRunUnitOfWork
 
 UnitOfWork = Callable[[], SqlUnitOfWork]
-
-
-def detected(faces: LabelledFaces, row: int) -> DetectedFace:
-    size = float(faces.size_px[row])
-    return DetectedFace(
-        box=(10.0 * row, 0.0, 10.0 * row + size, size),  # distinct boxes: several faces may share a photo
-        landmarks=np.zeros((5, 2), np.float32),
-        quality=FaceQuality(
-            det_score=float(faces.det_score[row]),
-            size_px=size,
-            sharpness=float(faces.sharpness[row]),
-            yaw=float(faces.yaw[row]),
-            pose="frontal",
-        ),
-        embedding=faces.embeddings[row],
-        thumbnail_jpeg=b"",
-    )
 
 
 async def store(

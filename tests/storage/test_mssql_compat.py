@@ -78,6 +78,7 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
         await uow.faces.thumbnails(persons[0], 5)
         await uow.faces.thumbnails(None, 5, model_pack=PACK)
         await uow.persons.list()
+        await _exercise_every_view(uow, image.id, persons, face_ids)
         await uow.persons.rename(persons[0], "Dana")
         await uow.persons.set_cover(persons[0], face_ids[3])
         await uow.persons.set_hidden(persons[1], True)
@@ -87,6 +88,23 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
         await uow.runs.finish(run_id, {"persons": 3})
         await uow.runs.latest("full")
         await uow.commit()
+
+
+async def _exercise_every_view(uow: Any, image_id: int, persons: list[int], face_ids: list[int]) -> None:
+    views = uow.views
+    await views.person_summaries(include_hidden=False, offset=1, limit=2)
+    await views.person_summaries(include_hidden=True, offset=0, limit=None)
+    await views.count_persons(include_hidden=False)
+    await views.person(persons[0])
+    await views.existing_persons(range(1, 1500))
+    await views.faces_of_person(persons[0], offset=2, limit=3)
+    await views.faces_of_person(persons[0], offset=0, limit=None)
+    await views.unassigned_faces(offset=0, limit=5)
+    await views.faces_of_image(image_id)
+    await views.embeddings(face_ids, PACK)
+    await views.assigned_faces(PACK)
+    await views.image(image_id)
+    await views.images_with(persons[:2], offset=1, limit=1)
 
 
 @pytest.fixture

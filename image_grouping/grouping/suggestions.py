@@ -1,0 +1,133 @@
+"""Suggestions a person reviews: pairs of persons that are probably one, and the person an unassigned face
+probably is. Pure logic: arrays in, ranked suggestions out. Accepting one is an ordinary merge or move.
+
+A person is represented by the normalised mean of its faces' embeddings (its centroid): one vector per
+person, so a suggestion costs a matrix product with the persons rather than with every face, and a few
+stray faces in a person move its centroid little. bench/suggestions.py measures it on LFW against the
+nearest face and the mean of the nearest faces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from image_grouping.grouping.neighbours import search
+
+# Below these cosine similarities (buffalo_sc's unit embeddings) a suggestion is more often wrong than
+# right on LFW (bench/suggestions.py): better none than noise.
+FACE_SUGGESTION_SIMILARITY = 0.3
+MERGE_SUGGESTION_SIMILARITY = 0.3
+_QUERY_CHUNK = 1024  # faces compared with every centroid at once
+
+
+@dataclass(frozen=True, slots=True)
+class PersonFaces:
+    """The assigned faces of one model pack, as parallel arrays."""
+
+    face_ids: np.ndarray  # (n,) int64
+    person_ids: np.ndarray  # (n,) int64
+    image_ids: np.ndarray  # (n,) int64
+    embeddings: np.ndarray  # (n, d) float32, unit rows
+
+
+@dataclass(frozen=True, slots=True)
+class Centroids:
+    person_ids: np.ndarray  # (p,) int64, ascending
+    vectors: np.ndarray  # (p, d) float32, unit rows
+    sizes: np.ndarray  # (p,) int64: faces per person
+
+
+def centroids(faces: PersonFaces) -> Centroids:
+    """Each person's normalised mean embedding."""
+    person_ids, inverse, sizes = np.unique(faces.person_ids, return_inverse=True, return_counts=True)
+    dim = faces.embeddings.shape[1] if faces.embeddings.ndim == 2 else 0
+    sums = np.zeros((len(person_ids), dim), np.float32)
+    np.add.at(sums, inverse, faces.embeddings)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return Centroids(person_ids.astype(np.int64), sums / np.maximum(norms, 1e-12), sizes.astype(np.int64))
+
+
+def suggest_persons(
+    queries: np.ndarray,
+    persons: Centroids,
+    refused: Mapping[int, Collection[int]],
+    *,
+    excluded: Collection[int] = (),
+    min_similarity: float = FACE_SUGGESTION_SIMILARITY,
+) -> list[tuple[int, float] | None]:
+    """For each query face (row), the person it most resembles and the similarity, or None below
+    `min_similarity`. `refused[row]`: persons that face was said not to be (cannot-links), never
+    suggested. When the best match is a person in `excluded` (hidden persons), nothing is suggested:
+    the face is probably theirs, so no other person is put forward in their place."""
+    suggestions: list[tuple[int, float] | None] = []
+    if len(persons.person_ids) == 0:
+        return [None] * len(queries)
+    column_of = {int(person): column for column, person in enumerate(persons.person_ids.tolist())}
+    excluded = set(excluded)
+    for start in range(0, len(queries), _QUERY_CHUNK):
+        similarities = np.asarray(queries[start : start + _QUERY_CHUNK], np.float32) @ persons.vectors.T
+        for offset, row in enumerate(similarities):
+            for person in refused.get(start + offset, ()):
+                if person in column_of:
+                    row[column_of[person]] = -np.inf
+            best = int(np.argmax(row))
+            person, similarity = int(persons.person_ids[best]), float(row[best])
+            if similarity < min_similarity or person in excluded:
+                suggestions.append(None)
+            else:
+                suggestions.append((person, similarity))
+    return suggestions
+
+
+def suggest_merges(
+    faces: PersonFaces,
+    forbidden: Collection[tuple[int, int]],
+    *,
+    excluded: Collection[int] = (),
+    limit: int = 100,
+    min_similarity: float = MERGE_SUGGESTION_SIMILARITY,
+    candidates: int = 16,
+) -> list[tuple[int, int, float]]:
+    """Pairs of persons (a < b) probably the same, most similar first, at most `limit`.
+
+    Never suggested: a pair in `forbidden` (a face of one was refused from the other, in either order),
+    a pair with faces in the same photo (one person does not appear twice in a photo), a person in
+    `excluded` (hidden). Each person's `candidates` nearest centroids are the pairs considered.
+    """
+    persons = centroids(faces)
+    if len(persons.person_ids) < 2 or limit <= 0:
+        return []
+    near = search(persons.vectors, persons.vectors, min(candidates + 1, len(persons.person_ids)))
+    blocked = {(min(a, b), max(a, b)) for a, b in forbidden} | _sharing_photos(faces)
+    excluded = set(excluded)
+    ids = persons.person_ids
+    best: dict[tuple[int, int], float] = {}
+    rows, columns = np.nonzero((near.indices >= 0) & (near.similarities >= min_similarity))
+    for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
+        other = int(near.indices[row, column])
+        if other == row:
+            continue
+        pair = (int(min(ids[row], ids[other])), int(max(ids[row], ids[other])))
+        if pair in blocked or pair[0] in excluded or pair[1] in excluded:
+            continue
+        best[pair] = float(near.similarities[row, column])
+    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
+    return [(a, b, similarity) for (a, b), similarity in ranked[:limit]]
+
+
+def _sharing_photos(faces: PersonFaces) -> set[tuple[int, int]]:
+    """Pairs of persons (a < b) with faces in one photo."""
+    order = np.lexsort((faces.person_ids, faces.image_ids))
+    images, people = faces.image_ids[order], faces.person_ids[order]
+    pairs: set[tuple[int, int]] = set()
+    starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
+    ends = np.r_[starts[1:], len(images)]
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        if end - start < 2:
+            continue
+        present = np.unique(people[start:end]).tolist()
+        pairs.update((a, b) for index, a in enumerate(present) for b in present[index + 1 :])
+    return pairs

@@ -1,0 +1,237 @@
+"""The read side of the people: the queries a photo library's People view makes, as SQL that pages in the
+database and reads an embedding only where a suggestion needs one.
+
+A photo's *current* faces are those of the model pack its latest analysis used (`images.model_pack`): a
+repack keeps the old pack's faces for switching back, and the views never show a face twice.
+Every statement compiles for SQL Server (tests/storage/test_mssql_compat.py): OFFSET/FETCH only with
+ORDER BY, IN lists chunked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Row, Select, and_, case, false, func, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from image_grouping.models.views import FaceView, ImageView, PersonSummary
+from image_grouping.storage.schema import faces, images, persons
+
+IN_CHUNK = 1000  # SQL Server accepts at most 2,100 parameters per statement
+
+# faces joined with their photo, keeping only the faces of the photo's current analysis
+_CURRENT_FACES = faces.join(
+    images, and_(images.c.id == faces.c.image_id, images.c.model_pack == faces.c.model_pack)
+)
+_FACE_COLUMNS = (
+    faces.c.id,
+    faces.c.image_id,
+    images.c.source_path,
+    faces.c.box_x1,
+    faces.c.box_y1,
+    faces.c.box_x2,
+    faces.c.box_y2,
+    faces.c.thumbnail_path,
+    faces.c.assigned_by,
+    faces.c.person_id,
+)
+# clearest faces first: the ones a person recognises at a glance
+_FACE_ORDER = (faces.c.det_score.desc(), faces.c.id)
+
+
+def _face(row: Row[Any]) -> FaceView:
+    return FaceView(
+        id=row.id,
+        image_id=row.image_id,
+        path=row.source_path,
+        box=(row.box_x1, row.box_y1, row.box_x2, row.box_y2),
+        thumbnail=row.thumbnail_path,
+        assigned_by=row.assigned_by,
+        person_id=row.person_id,
+    )
+
+
+def _image(row: Row[Any]) -> ImageView:
+    return ImageView(
+        id=row.id, path=row.source_path, source_id=row.source_id, width=row.width, height=row.height
+    )
+
+
+def _page(query: Select[Any], offset: int, limit: int | None) -> Select[Any]:
+    """OFFSET / FETCH (SQL Server wants an ORDER BY with them; every query here has one)."""
+    if offset:
+        query = query.offset(offset)
+    return query.limit(limit) if limit is not None else query
+
+
+def _blobs_to_matrix(blobs: Sequence[bytes]) -> np.ndarray:
+    if not blobs:
+        return np.empty((0, 0), np.float32)
+    matrix = np.frombuffer(bytearray().join(blobs), "<f4").astype(np.float32, copy=False)
+    return matrix.reshape(len(blobs), -1)
+
+
+class ViewRepository:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    # --- persons -----------------------------------------------------------------------------------
+
+    def _persons_query(self) -> Select[Any]:
+        counts = (
+            select(faces.c.person_id, func.count().label("face_count"))
+            .select_from(_CURRENT_FACES)
+            .where(faces.c.person_id.is_not(None))
+            .group_by(faces.c.person_id)
+            .subquery()
+        )
+        cover = faces.alias("cover")
+        return select(
+            persons.c.id,
+            persons.c.name,
+            persons.c.hidden,
+            persons.c.cover_face_id,
+            func.coalesce(counts.c.face_count, 0).label("face_count"),
+            cover.c.thumbnail_path.label("cover_thumbnail"),
+        ).select_from(
+            persons.outerjoin(counts, counts.c.person_id == persons.c.id).outerjoin(
+                cover, cover.c.id == persons.c.cover_face_id
+            )
+        )
+
+    @staticmethod
+    def _summary(row: Row[Any]) -> PersonSummary:
+        return PersonSummary(
+            id=row.id,
+            name=row.name,
+            hidden=bool(row.hidden),
+            face_count=int(row.face_count),
+            cover_face_id=row.cover_face_id,
+            cover_thumbnail=row.cover_thumbnail,
+        )
+
+    async def person_summaries(
+        self, *, include_hidden: bool, offset: int, limit: int | None
+    ) -> list[PersonSummary]:
+        """Named persons first (by name, ignoring case), then by face count (most first), then by id."""
+        query = self._persons_query()
+        if not include_hidden:
+            query = query.where(persons.c.hidden == false())
+        face_count = query.selected_columns.face_count
+        query = query.order_by(
+            case((persons.c.name.is_(None), literal_column("1")), else_=literal_column("0")),  # named first
+            func.lower(persons.c.name),
+            persons.c.name,
+            face_count.desc(),
+            persons.c.id,
+        )
+        rows = await self._connection.execute(_page(query, offset, limit))
+        return [self._summary(row) for row in rows]
+
+    async def count_persons(self, *, include_hidden: bool) -> int:
+        query = select(func.count()).select_from(persons)
+        if not include_hidden:
+            query = query.where(persons.c.hidden == false())
+        return int((await self._connection.execute(query)).scalar_one())
+
+    async def person(self, person_id: int) -> PersonSummary | None:
+        row = (await self._connection.execute(self._persons_query().where(persons.c.id == person_id))).first()
+        return self._summary(row) if row else None
+
+    async def existing_persons(self, person_ids: Iterable[int]) -> set[int]:
+        found: set[int] = set()
+        wanted = sorted({int(person_id) for person_id in person_ids})
+        for start in range(0, len(wanted), IN_CHUNK):
+            chunk = wanted[start : start + IN_CHUNK]
+            found.update(
+                (
+                    await self._connection.execute(select(persons.c.id).where(persons.c.id.in_(chunk)))
+                ).scalars()
+            )
+        return found
+
+    # --- faces -------------------------------------------------------------------------------------
+
+    async def faces_of_person(self, person_id: int, *, offset: int, limit: int | None) -> list[FaceView]:
+        """The person's current faces, clearest first."""
+        query = select(*_FACE_COLUMNS).select_from(_CURRENT_FACES).where(faces.c.person_id == person_id)
+        rows = await self._connection.execute(_page(query.order_by(*_FACE_ORDER), offset, limit))
+        return [_face(row) for row in rows]
+
+    async def unassigned_faces(self, *, offset: int, limit: int | None) -> list[FaceView]:
+        """Current faces without a person, clearest first."""
+        query = select(*_FACE_COLUMNS).select_from(_CURRENT_FACES).where(faces.c.person_id.is_(None))
+        rows = await self._connection.execute(_page(query.order_by(*_FACE_ORDER), offset, limit))
+        return [_face(row) for row in rows]
+
+    async def faces_of_image(self, image_id: int) -> list[FaceView]:
+        """The photo's current faces, in the order its analysis found them."""
+        query = (
+            select(*_FACE_COLUMNS)
+            .select_from(_CURRENT_FACES)
+            .where(faces.c.image_id == image_id)
+            .order_by(faces.c.face_index, faces.c.id)
+        )
+        return [_face(row) for row in await self._connection.execute(query)]
+
+    async def embeddings(self, face_ids: Sequence[int], model_pack: str) -> dict[int, np.ndarray]:
+        """The embeddings of those of these faces that the pack found."""
+        found: dict[int, np.ndarray] = {}
+        wanted = sorted({int(face_id) for face_id in face_ids})
+        for start in range(0, len(wanted), IN_CHUNK):
+            chunk = wanted[start : start + IN_CHUNK]
+            query = select(faces.c.id, faces.c.embedding).where(
+                faces.c.id.in_(chunk), faces.c.model_pack == model_pack
+            )
+            for row in await self._connection.execute(query):
+                found[row.id] = np.frombuffer(row.embedding, "<f4").astype(np.float32)
+        return found
+
+    async def assigned_faces(self, model_pack: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(face ids, person ids, image ids, embeddings) of the pack's current faces that have a person:
+        what suggestions compare with. The only query here that reads many embeddings."""
+        query = (
+            select(faces.c.id, faces.c.person_id, faces.c.image_id, faces.c.embedding)
+            .select_from(_CURRENT_FACES)
+            .where(faces.c.model_pack == model_pack, faces.c.person_id.is_not(None))
+            .order_by(faces.c.id)
+        )
+        rows = (await self._connection.execute(query)).all()
+        return (
+            np.array([row.id for row in rows], np.int64),
+            np.array([row.person_id for row in rows], np.int64),
+            np.array([row.image_id for row in rows], np.int64),
+            _blobs_to_matrix([row.embedding for row in rows]),
+        )
+
+    # --- photos ------------------------------------------------------------------------------------
+
+    async def image(self, image_id: int) -> ImageView | None:
+        query = select(
+            images.c.id, images.c.source_path, images.c.source_id, images.c.width, images.c.height
+        ).where(images.c.id == image_id)
+        row = (await self._connection.execute(query)).first()
+        return _image(row) if row else None
+
+    async def images_with(
+        self, person_ids: Sequence[int], *, offset: int, limit: int | None
+    ) -> list[ImageView]:
+        """Photos showing every one of these persons (at most IN_CHUNK of them), oldest first."""
+        wanted = sorted({int(person_id) for person_id in person_ids})
+        if not wanted or len(wanted) > IN_CHUNK:
+            raise ValueError(f"between 1 and {IN_CHUNK} persons")
+        showing_all = (
+            select(faces.c.image_id)
+            .select_from(_CURRENT_FACES)
+            .where(faces.c.person_id.in_(wanted))
+            .group_by(faces.c.image_id)
+            .having(func.count(faces.c.person_id.distinct()) == len(wanted))
+        )
+        query = (
+            select(images.c.id, images.c.source_path, images.c.source_id, images.c.width, images.c.height)
+            .where(images.c.id.in_(showing_all))
+            .order_by(images.c.id)
+        )
+        return [_image(row) for row in await self._connection.execute(_page(query, offset, limit))]
