@@ -216,7 +216,7 @@ async def _group_as_the_service(settings: Settings, faces: LabelledFaces, seed: 
         )
         async with bootstrap(settings) as adapters:
             deps = adapters.grouping_deps()
-            face_ids = await _store_faces(adapters.unit_of_work, pack, faces)
+            face_ids = await store_labelled_faces(adapters.unit_of_work, pack, faces)
             order = np.random.default_rng(seed).permutation(len(faces))
             started = time.perf_counter()
             for start in tqdm(
@@ -244,7 +244,9 @@ async def _group_as_the_service(settings: Settings, faces: LabelledFaces, seed: 
     )
 
 
-async def _store_faces(unit_of_work: UnitOfWorkFactory, model_pack: str, faces: LabelledFaces) -> np.ndarray:
+async def store_labelled_faces(
+    unit_of_work: UnitOfWorkFactory, model_pack: str, faces: LabelledFaces
+) -> np.ndarray:
     """One image row per labelled face, written with the detection handler's own `save_analyses`."""
     results = []
     async with unit_of_work() as uow:
