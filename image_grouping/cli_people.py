@@ -32,6 +32,8 @@ DatabaseUrl = Annotated[
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 Offset = Annotated[int, typer.Option(min=0, help="Skip this many first.")]
 Limit = Annotated[int | None, typer.Option(min=1, help="At most this many (default: all).")]
+# A query writes nothing anyway; with --dry-run it does not even bring the schema up to date first.
+ReadOnly = Annotated[bool, typer.Option("--dry-run", help="Read only: leave the schema as it is.")]
 
 
 def run_people_command(
@@ -72,6 +74,7 @@ def _name(name: str | None) -> str:
 @persons_app.command("list")
 def persons_list(
     db: DatabaseUrl = None,
+    dry_run: ReadOnly = False,
     hidden: Annotated[bool, typer.Option("--hidden/--no-hidden", help="Include hidden persons.")] = True,
     offset: Offset = 0,
     limit: Limit = None,
@@ -100,6 +103,7 @@ def persons_list(
 def persons_show(
     person_id: Annotated[int, typer.Argument(help="The person's id.")],
     db: DatabaseUrl = None,
+    dry_run: ReadOnly = False,
     offset: Offset = 0,
     limit: Limit = None,
     json_output: JsonOutput = False,
@@ -108,7 +112,9 @@ def persons_show(
     from image_grouping.handlers.queries import show_person
 
     person = run_people_command(
-        db, lambda adapters: show_person(adapters.unit_of_work, person_id, offset=offset, limit=limit)
+        db,
+        lambda adapters: show_person(adapters.unit_of_work, person_id, offset=offset, limit=limit),
+        dry_run=dry_run,
     )
     if json_output:
         _print_json(person)
@@ -124,6 +130,7 @@ def persons_show(
 @persons_app.command("suggest-merges")
 def persons_suggest_merges(
     db: DatabaseUrl = None,
+    dry_run: ReadOnly = False,
     limit: Annotated[int, typer.Option(min=1, help="At most this many pairs.")] = 100,
     json_output: JsonOutput = False,
 ) -> None:
@@ -136,6 +143,7 @@ def persons_suggest_merges(
         lambda adapters: merge_suggestions(
             adapters.unit_of_work, suggestion_params(adapters.settings), limit=limit
         ),
+        dry_run=dry_run,
     )
     if json_output:
         _print_json(pairs)
@@ -152,6 +160,7 @@ def persons_suggest_merges(
 @faces_app.command("unassigned")
 def faces_unassigned(
     db: DatabaseUrl = None,
+    dry_run: ReadOnly = False,
     offset: Offset = 0,
     limit: Limit = None,
     json_output: JsonOutput = False,
@@ -166,6 +175,7 @@ def faces_unassigned(
         lambda adapters: unassigned_faces(
             adapters.unit_of_work, suggestion_params(adapters.settings), offset=offset, limit=limit
         ),
+        dry_run=dry_run,
     )
     if json_output:
         _print_json(faces)
@@ -188,6 +198,7 @@ def faces_unassigned(
 def images_with_persons(
     person_ids: Annotated[list[int], typer.Argument(help="Persons who must all be in the photo.")],
     db: DatabaseUrl = None,
+    dry_run: ReadOnly = False,
     offset: Offset = 0,
     limit: Limit = None,
     json_output: JsonOutput = False,
@@ -196,7 +207,9 @@ def images_with_persons(
     from image_grouping.handlers.queries import images_with
 
     photos = run_people_command(
-        db, lambda adapters: images_with(adapters.unit_of_work, person_ids, offset=offset, limit=limit)
+        db,
+        lambda adapters: images_with(adapters.unit_of_work, person_ids, offset=offset, limit=limit),
+        dry_run=dry_run,
     )
     if json_output:
         _print_json(photos)

@@ -3,9 +3,9 @@ probably is. Pure logic: arrays in, ranked suggestions out. Accepting one is an 
 
 A person is represented by the normalised mean of its faces' embeddings (its centroid): one vector per
 person, so a suggestion costs a product with the persons rather than with every face, and a stray face
-moves it little. On LFW (bench/suggestions.py) it ranks merges as well as the nearest faces, the mean
-nearest faces or average linkage do, and suggests persons for faces better than the nearest face, which
-offers twice as many faces of strangers a person they are not.
+moves it little. On LFW (bench/suggestions.py) it ranks merges at least as well as the nearest faces do,
+and at the same floor offers a stranger's face (nobody's in the library) a person a third as often as
+the nearest face does.
 """
 
 from __future__ import annotations
@@ -45,10 +45,14 @@ class Centroids:
 
 def centroids(faces: PersonFaces) -> Centroids:
     """Each person's normalised mean embedding."""
-    person_ids, inverse, sizes = np.unique(faces.person_ids, return_inverse=True, return_counts=True)
-    dim = faces.embeddings.shape[1] if faces.embeddings.ndim == 2 else 0
-    sums = np.zeros((len(person_ids), dim), np.float32)
-    np.add.at(sums, inverse, faces.embeddings)
+    person_ids, sizes = np.unique(faces.person_ids, return_counts=True)
+    if len(person_ids) == 0:
+        return Centroids(person_ids.astype(np.int64), np.empty((0, 0), np.float32), sizes.astype(np.int64))
+    order = np.argsort(faces.person_ids, kind="stable")
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    sums = np.add.reduceat(
+        np.asarray(faces.embeddings, np.float32)[order], starts, axis=0
+    )  # not np.add.at: 20x slower
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return Centroids(person_ids.astype(np.int64), sums / np.maximum(norms, 1e-12), sizes.astype(np.int64))
 

@@ -291,6 +291,7 @@ def test_the_cli_prints_the_queries_as_json(
     assert isinstance(persons, list)
     assert persons
     assert all(set(person) == PERSON_KEYS for person in persons)
+    assert query("persons", "list", "--dry-run") == persons
     first = persons[0]
     person = query("persons", "show", str(first["id"]))
     assert set(person) == PERSON_KEYS | {"faces"}
