@@ -15,10 +15,10 @@ from typing import Any, Self
 import numpy as np
 
 from image_grouping.errors import BadInputError, CorruptImageError, ImageNotFoundError
+from image_grouping.models.face_identity import match_boxes
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.records import FaceSet, ImageRecord, ImageResult, PersonRecord
 from image_grouping.models.views import FaceView, ImageView, PersonSummary
-from image_grouping.storage.repositories import match_boxes  # TODO(merge): the domain module
 
 AUTOMATIC, BY_HAND = "grouping", "manual"
 

@@ -20,8 +20,8 @@ import structlog
 from image_grouping.errors import BadInputError
 from image_grouping.handlers.detection import AfterStore, DetectionDeps, StoredImage, handle_images_uploaded
 from image_grouping.handlers.ports import UnitOfWork
+from image_grouping.models.face_identity import match_boxes
 from image_grouping.models.messages import ImageUploaded
-from image_grouping.storage.repositories import match_boxes  # TODO(merge): the domain's face identity
 
 log = structlog.get_logger(__name__)
 

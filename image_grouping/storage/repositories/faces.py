@@ -1,0 +1,239 @@
+"""Faces: what grouping loads, person assignments, boxes and carry-over between packs, thumbnails."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import structlog
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from image_grouping.models.records import FaceSet
+from image_grouping.storage.repositories.common import chunks, now
+from image_grouping.storage.schema import (
+    AUTOMATIC,
+    BY_HAND,
+    cannot_links,
+    faces,
+    persons,
+)
+
+log = structlog.get_logger(__name__)
+
+
+_GROUPING_COLUMNS = (
+    faces.c.id,
+    faces.c.image_id,
+    faces.c.embedding,
+    faces.c.person_id,
+    faces.c.assigned_by,
+    faces.c.det_score,
+    faces.c.size_px,
+    faces.c.sharpness,
+    faces.c.yaw,
+)
+
+
+def _face_set(rows: Sequence[Sequence[Any]]) -> FaceSet:
+    if not rows:
+        return FaceSet.empty()
+    ids, image_ids, blobs, person_ids, assigned_by, det_score, size_px, sharpness, yaw = zip(
+        *rows, strict=True
+    )
+    count = len(ids)
+    dim = len(blobs[0]) // 4
+    # One copy into a mutable buffer, used in place (100k embeddings are 200 MB); no copy on little-endian.
+    embeddings = np.frombuffer(bytearray().join(blobs), "<f4").astype(np.float32, copy=False)
+    if embeddings.size != count * dim:
+        raise ValueError("faces of one model pack have embeddings of different sizes")
+    return FaceSet(
+        face_ids=np.array(ids, np.int64),
+        image_ids=np.array(image_ids, np.int64),
+        embeddings=embeddings.reshape(count, dim),
+        person_ids=np.array([-1 if person is None else person for person in person_ids], np.int64),
+        manual=np.array([value == BY_HAND for value in assigned_by], bool),
+        det_score=np.array(det_score, np.float32),
+        size_px=np.array(size_px, np.float32),
+        sharpness=np.array(sharpness, np.float32),
+        yaw=np.array(yaw, np.float32),
+    )
+
+
+class FaceRepository:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self._connection = connection
+
+    async def load_for_grouping(self, model_pack: str) -> FaceSet:
+        """Every face of the pack, ordered by id, as arrays (one query, no per-row objects)."""
+        query = select(*_GROUPING_COLUMNS).where(faces.c.model_pack == model_pack).order_by(faces.c.id)
+        return _face_set((await self._connection.execute(query)).all())
+
+    async def load_by_ids(self, face_ids: Iterable[int]) -> FaceSet:
+        """These faces (those that exist), ordered by id."""
+        rows: list[Any] = []
+        for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
+            query = select(*_GROUPING_COLUMNS).where(faces.c.id.in_(chunk)).order_by(faces.c.id)
+            rows.extend((await self._connection.execute(query)).all())
+        return _face_set(rows)
+
+    async def set_persons(self, assignments: Mapping[int, int | None]) -> int:
+        """Assign faces to persons (None: to nobody) in batches; returns how many faces changed.
+
+        Faces whose person was set by hand are never changed, whatever `assignments` says.
+        """
+        changes = []
+        for chunk in chunks(sorted(int(face_id) for face_id in assignments)):
+            current = await self._connection.execute(
+                select(faces.c.id, faces.c.person_id).where(
+                    faces.c.id.in_(chunk), faces.c.assigned_by == AUTOMATIC
+                )
+            )
+            changes.extend(
+                {"face_id": face_id, "person": assignments[face_id], "now": now()}
+                for face_id, person_id in current
+                if assignments[face_id] != person_id
+            )
+        if changes:
+            await self._connection.execute(
+                update(faces)
+                .where(faces.c.id == bindparam("face_id"), faces.c.assigned_by == AUTOMATIC)
+                .values(person_id=bindparam("person"), updated_at=bindparam("now")),
+                changes,
+            )
+        return len(changes)
+
+    async def boxes_of_image(self, image_id: int, model_pack: str) -> tuple[list[int], np.ndarray]:
+        """The ids and (n, 4) boxes of one image's faces found by one pack, in analysis order."""
+        rows = (
+            await self._connection.execute(
+                select(faces.c.id, faces.c.box_x1, faces.c.box_y1, faces.c.box_x2, faces.c.box_y2)
+                .where(faces.c.image_id == image_id, faces.c.model_pack == model_pack)
+                .order_by(faces.c.face_index)
+            )
+        ).all()
+        return [row.id for row in rows], np.array([row[1:] for row in rows], np.float64).reshape(-1, 4)
+
+    async def carry_over(self, old_to_new: Mapping[int, int]) -> tuple[int, int]:
+        """Give each new face ({old face id: new face id}, the new one of another pack) what its old face
+        had: its person, set the same way (by hand or by grouping), its cannot-links, and the persons it
+        is the cover of.
+
+        Persons are shared by the packs, so their names and hidden flags need no copy. Returns how many
+        faces got a person or a manual choice, and how many cannot-links were added.
+        """
+        pairs = {int(old): int(new) for old, new in old_to_new.items()}
+        moment = now()
+        carried, links = 0, []
+        for chunk in chunks(sorted(pairs)):
+            rows = await self._connection.execute(
+                select(faces.c.id, faces.c.person_id, faces.c.assigned_by).where(faces.c.id.in_(chunk))
+            )
+            # bind names must differ from column names in an UPDATE's SET clause
+            updates = [
+                {"face_id": pairs[row.id], "person": row.person_id, "how": row.assigned_by, "now": moment}
+                for row in rows
+            ]
+            carried += sum(1 for row in updates if row["person"] is not None or row["how"] == BY_HAND)
+            if updates:
+                await self._connection.execute(
+                    update(faces)
+                    .where(faces.c.id == bindparam("face_id"))
+                    .values(
+                        person_id=bindparam("person"),
+                        assigned_by=bindparam("how"),
+                        updated_at=bindparam("now"),
+                    ),
+                    updates,
+                )
+            refused = await self._connection.execute(
+                select(cannot_links.c.face_id, cannot_links.c.person_id).where(
+                    cannot_links.c.face_id.in_(chunk)
+                )
+            )
+            links += [(pairs[row.face_id], row.person_id) for row in refused]
+            await self._connection.execute(
+                update(persons)
+                .where(persons.c.cover_face_id == bindparam("old_face"))
+                .values(cover_face_id=bindparam("new_face")),
+                [{"old_face": old, "new_face": pairs[old]} for old in chunk],
+            )
+        known: set[tuple[int, int]] = set()
+        for chunk in chunks(sorted({face_id for face_id, _ in links})):
+            rows = await self._connection.execute(
+                select(cannot_links.c.face_id, cannot_links.c.person_id).where(
+                    cannot_links.c.face_id.in_(chunk)
+                )
+            )
+            known.update((row.face_id, row.person_id) for row in rows)
+        added = [
+            {"face_id": face_id, "person_id": person_id, "created_at": moment}
+            for face_id, person_id in sorted(set(links) - known)
+        ]
+        if added:
+            await self._connection.execute(insert(cannot_links), added)
+        return carried, len(added)
+
+    async def cannot_links(self) -> list[tuple[int, int]]:
+        """(face id, person id) pairs set by hand: that face is not that person."""
+        query = select(cannot_links.c.face_id, cannot_links.c.person_id).order_by(
+            cannot_links.c.face_id, cannot_links.c.person_id
+        )
+        return [(row.face_id, row.person_id) for row in await self._connection.execute(query)]
+
+    async def thumbnails(
+        self, person_id: int | None, limit: int, model_pack: str | None = None
+    ) -> list[tuple[int, str]]:
+        """(face id, thumbnail path) of a person's faces, best detections first; None: unassigned faces."""
+        belongs = faces.c.person_id.is_(None) if person_id is None else faces.c.person_id == person_id
+        query = (
+            select(faces.c.id, faces.c.thumbnail_path)
+            .where(belongs, faces.c.thumbnail_path.is_not(None))
+            .order_by(faces.c.det_score.desc(), faces.c.id)
+            .limit(limit)
+        )
+        if model_pack is not None:
+            query = query.where(faces.c.model_pack == model_pack)
+        return [(row.id, row.thumbnail_path) for row in await self._connection.execute(query)]
+
+    async def assign_by_hand(self, face_id: int, person_id: int) -> None:
+        """Put a face into a person for good: grouping will not move it again."""
+        await self._set_by_hand(face_id, person_id)
+        await self._connection.execute(
+            delete(cannot_links).where(
+                cannot_links.c.face_id == face_id, cannot_links.c.person_id == person_id
+            )
+        )
+
+    async def remove_from_person(self, face_id: int) -> None:
+        """Take a face out of its person, remember that it is not that person, and keep it unassigned."""
+        person_id = (
+            await self._connection.execute(select(faces.c.person_id).where(faces.c.id == face_id))
+        ).scalar_one_or_none()
+        await self._set_by_hand(face_id, None)
+        if person_id is None:
+            return
+        await self._connection.execute(
+            update(persons)
+            .where(persons.c.id == person_id, persons.c.cover_face_id == face_id)
+            .values(cover_face_id=None, updated_at=now())
+        )
+        known = await self._connection.execute(
+            select(cannot_links.c.face_id).where(
+                cannot_links.c.face_id == face_id, cannot_links.c.person_id == person_id
+            )
+        )
+        if known.first() is None:
+            await self._connection.execute(
+                insert(cannot_links).values(face_id=face_id, person_id=person_id, created_at=now())
+            )
+
+    async def _set_by_hand(self, face_id: int, person_id: int | None) -> None:
+        result = await self._connection.execute(
+            update(faces)
+            .where(faces.c.id == face_id)
+            .values(person_id=person_id, assigned_by=BY_HAND, updated_at=now())
+        )
+        if result.rowcount == 0:
+            raise LookupError(f"no face with id {face_id}")
