@@ -411,19 +411,28 @@ class FakeViews(_Repository):
         rows = (self.state.faces.get(face_id) for face_id in face_ids)
         return {row.id: row.embedding for row in rows if row is not None and row.model_pack == model_pack}
 
-    async def assigned_faces(self, model_pack: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        rows = sorted(
-            (row for row in self._current() if row.model_pack == model_pack and row.person_id is not None),
-            key=lambda row: row.id,
-        )
-        return (
-            np.array([row.id for row in rows], np.int64),
-            np.array([row.person_id for row in rows], np.int64),
-            np.array([row.image_id for row in rows], np.int64),
-            np.stack([row.embedding for row in rows]).astype(np.float32)
-            if rows
-            else np.empty((0, 0), np.float32),
-        )
+    async def person_samples(self, model_pack: str, per_person: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = [row for row in self._current() if row.model_pack == model_pack and row.person_id is not None]
+        by_person: dict[int, list[FaceRow]] = {}
+        for row in self._clearest_first(rows):
+            by_person.setdefault(row.person_id, []).append(row)  # type: ignore[arg-type]
+        kept = [row for person in sorted(by_person) for row in by_person[person][:per_person]]
+        embeddings = np.stack([row.embedding for row in kept]) if kept else np.empty((0, 0))
+        return np.array([row.person_id for row in kept], np.int64), embeddings.astype(np.float32)
+
+    async def persons_seen_together(self, model_pack: str) -> set[tuple[int, int]]:
+        seen: dict[int, set[int]] = {}
+        for row in self._current():
+            if row.model_pack == model_pack and row.person_id is not None:
+                seen.setdefault(row.image_id, set()).add(row.person_id)
+        return {(a, b) for persons in seen.values() for a in persons for b in persons if a < b}
+
+    async def refused_pairs(self) -> set[tuple[int, int]]:
+        return {
+            (face.person_id, person_id)
+            for face_id, person_id in self.state.cannot_links
+            if (face := self.state.faces.get(face_id)) is not None and face.person_id is not None
+        }
 
     async def image(self, image_id: int) -> ImageView | None:
         image = self.state.images.get(image_id)

@@ -23,38 +23,29 @@ from image_grouping.grouping.neighbours import search
 # persons split from one identity are above it.
 FACE_SUGGESTION_SIMILARITY = 0.35
 MERGE_SUGGESTION_SIMILARITY = 0.4
+# A person's centroid is the mean of its clearest faces, at most this many: as good a centroid on LFW,
+# and what a suggestion reads grows with the persons, not with the faces.
+CENTROID_FACES = 32
 _QUERY_CHUNK = 1024  # faces compared with every centroid at once
-
-
-@dataclass(frozen=True, slots=True)
-class PersonFaces:
-    """The assigned faces of one model pack, as parallel arrays."""
-
-    face_ids: np.ndarray  # (n,) int64
-    person_ids: np.ndarray  # (n,) int64
-    image_ids: np.ndarray  # (n,) int64
-    embeddings: np.ndarray  # (n, d) float32, unit rows
 
 
 @dataclass(frozen=True, slots=True)
 class Centroids:
     person_ids: np.ndarray  # (p,) int64, ascending
     vectors: np.ndarray  # (p, d) float32, unit rows
-    sizes: np.ndarray  # (p,) int64: faces per person
 
 
-def centroids(faces: PersonFaces) -> Centroids:
-    """Each person's normalised mean embedding."""
-    person_ids, sizes = np.unique(faces.person_ids, return_counts=True)
-    if len(person_ids) == 0:
-        return Centroids(person_ids.astype(np.int64), np.empty((0, 0), np.float32), sizes.astype(np.int64))
-    order = np.argsort(faces.person_ids, kind="stable")
+def centroids(person_ids: np.ndarray, embeddings: np.ndarray) -> Centroids:
+    """Each person's normalised mean embedding, from its faces (rows of `embeddings`, any order)."""
+    persons, sizes = np.unique(person_ids, return_counts=True)
+    if len(persons) == 0:
+        return Centroids(persons.astype(np.int64), np.empty((0, 0), np.float32))
+    order = np.argsort(person_ids, kind="stable")
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    sums = np.add.reduceat(
-        np.asarray(faces.embeddings, np.float32)[order], starts, axis=0
-    )  # not np.add.at: 20x slower
+    # np.add.reduceat over the rows sorted by person: np.add.at is some 20x slower
+    sums = np.add.reduceat(np.asarray(embeddings, np.float32)[order], starts, axis=0)
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
-    return Centroids(person_ids.astype(np.int64), sums / np.maximum(norms, 1e-12), sizes.astype(np.int64))
+    return Centroids(persons.astype(np.int64), sums / np.maximum(norms, 1e-12))
 
 
 def suggest_persons(
@@ -90,8 +81,8 @@ def suggest_persons(
 
 
 def suggest_merges(
-    faces: PersonFaces,
-    forbidden: Collection[tuple[int, int]],
+    persons: Centroids,
+    blocked: Collection[tuple[int, int]],
     *,
     excluded: Collection[int] = (),
     limit: int = 100,
@@ -100,41 +91,25 @@ def suggest_merges(
 ) -> list[tuple[int, int, float]]:
     """Pairs of persons (a < b) probably the same, most similar first, at most `limit`.
 
-    Never suggested: a pair in `forbidden` (a face of one was refused from the other, in either order),
-    a pair with faces in the same photo (one person does not appear twice in a photo), a person in
-    `excluded` (hidden). Each person's `candidates` nearest centroids are the pairs considered.
+    Never suggested: a pair in `blocked`, in either order (a face of one was refused from the other, or
+    the two were seen in one photo), or a person in `excluded` (hidden). Each person's `candidates`
+    nearest centroids are the pairs considered.
     """
-    persons = centroids(faces)
     if len(persons.person_ids) < 2 or limit <= 0:
         return []
     near = search(persons.vectors, persons.vectors, min(candidates + 1, len(persons.person_ids)))
-    blocked = {(min(a, b), max(a, b)) for a, b in forbidden} | _sharing_photos(faces)
+    blocked = {(min(a, b), max(a, b)) for a, b in blocked}
     excluded = set(excluded)
-    ids = persons.person_ids
+    ids = persons.person_ids.tolist()
     best: dict[tuple[int, int], float] = {}
     rows, columns = np.nonzero((near.indices >= 0) & (near.similarities >= min_similarity))
     for row, column in zip(rows.tolist(), columns.tolist(), strict=True):
         other = int(near.indices[row, column])
         if other == row:
             continue
-        pair = (int(min(ids[row], ids[other])), int(max(ids[row], ids[other])))
+        pair = (min(ids[row], ids[other]), max(ids[row], ids[other]))
         if pair in blocked or pair[0] in excluded or pair[1] in excluded:
             continue
         best[pair] = float(near.similarities[row, column])
     ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
     return [(a, b, similarity) for (a, b), similarity in ranked[:limit]]
-
-
-def _sharing_photos(faces: PersonFaces) -> set[tuple[int, int]]:
-    """Pairs of persons (a < b) with faces in one photo."""
-    order = np.lexsort((faces.person_ids, faces.image_ids))
-    images, people = faces.image_ids[order], faces.person_ids[order]
-    pairs: set[tuple[int, int]] = set()
-    starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
-    ends = np.r_[starts[1:], len(images)]
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        if end - start < 2:
-            continue
-        present = np.unique(people[start:end]).tolist()
-        pairs.update((a, b) for index, a in enumerate(present) for b in present[index + 1 :])
-    return pairs

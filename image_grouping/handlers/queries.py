@@ -16,9 +16,10 @@ import numpy as np
 
 from image_grouping.errors import InvalidCommandError, UnknownImageError, UnknownPersonError
 from image_grouping.grouping.suggestions import (
+    CENTROID_FACES,
     FACE_SUGGESTION_SIMILARITY,
     MERGE_SUGGESTION_SIMILARITY,
-    PersonFaces,
+    Centroids,
     centroids,
     suggest_merges,
     suggest_persons,
@@ -44,6 +45,7 @@ class SuggestionParams:
     model_pack: str
     face_similarity: float = FACE_SUGGESTION_SIMILARITY
     merge_similarity: float = MERGE_SUGGESTION_SIMILARITY
+    centroid_faces: int = CENTROID_FACES
 
 
 def _check_page(offset: int, limit: int | None) -> None:
@@ -89,7 +91,7 @@ async def unassigned_faces(
         if not page:
             return []
         embeddings = await uow.views.embeddings([face.id for face in page], params.model_pack)
-        faces = await _person_faces(uow, params.model_pack)
+        person_centroids = await _centroids(uow, params)
         persons = {person.id: person for person in await uow.persons.list()}
         links = await uow.faces.cannot_links()
     comparable = [face for face in page if face.id in embeddings]
@@ -100,7 +102,7 @@ async def unassigned_faces(
             refused.setdefault(row_of[face_id], set()).add(person_id)
     found = suggest_persons(
         np.stack([embeddings[face.id] for face in comparable]) if comparable else np.empty((0, 0)),
-        centroids(faces),
+        person_centroids,
         refused,
         excluded={person.id for person in persons.values() if person.hidden},
         min_similarity=params.face_similarity,
@@ -120,16 +122,12 @@ async def merge_suggestions(
     keeps apart, two persons in one photo, or a hidden person."""
     _check_page(0, limit)
     async with unit_of_work() as uow:
-        faces = await _person_faces(uow, params.model_pack)
+        person_centroids = await _centroids(uow, params)
         persons = {person.id: person for person in await uow.persons.list()}
-        links = await uow.faces.cannot_links()
-    person_of_face = dict(zip(faces.face_ids.tolist(), faces.person_ids.tolist(), strict=True))
-    forbidden = {
-        (person_of_face[face_id], person_id) for face_id, person_id in links if face_id in person_of_face
-    }
+        blocked = await uow.views.refused_pairs() | await uow.views.persons_seen_together(params.model_pack)
     pairs = suggest_merges(
-        faces,
-        forbidden,
+        person_centroids,
+        blocked,
         excluded={person.id for person in persons.values() if person.hidden},
         limit=limit,
         min_similarity=params.merge_similarity,
@@ -177,6 +175,6 @@ async def _person(uow: UnitOfWork, person_id: int) -> PersonSummary:
     return person
 
 
-async def _person_faces(uow: UnitOfWork, model_pack: str) -> PersonFaces:
-    face_ids, person_ids, image_ids, embeddings = await uow.views.assigned_faces(model_pack)
-    return PersonFaces(face_ids=face_ids, person_ids=person_ids, image_ids=image_ids, embeddings=embeddings)
+async def _centroids(uow: UnitOfWork, params: SuggestionParams) -> Centroids:
+    person_ids, embeddings = await uow.views.person_samples(params.model_pack, params.centroid_faces)
+    return centroids(person_ids, embeddings)

@@ -17,7 +17,7 @@ from sqlalchemy import Row, Select, and_, case, false, func, literal_column, sel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.views import FaceView, ImageView, PersonSummary
-from image_grouping.storage.schema import faces, images, persons
+from image_grouping.storage.schema import cannot_links, faces, images, persons
 
 IN_CHUNK = 1000  # SQL Server accepts at most 2,100 parameters per statement
 
@@ -189,22 +189,63 @@ class ViewRepository:
                 found[row.id] = np.frombuffer(row.embedding, "<f4").astype(np.float32)
         return found
 
-    async def assigned_faces(self, model_pack: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(face ids, person ids, image ids, embeddings) of the pack's current faces that have a person:
-        what suggestions compare with. The only query here that reads many embeddings."""
-        query = (
-            select(faces.c.id, faces.c.person_id, faces.c.image_id, faces.c.embedding)
+    async def person_samples(self, model_pack: str, per_person: int) -> tuple[np.ndarray, np.ndarray]:
+        """(person ids, embeddings) of each person's `per_person` clearest current faces of the pack:
+        enough for its centroid, and a read bounded by the persons rather than the faces."""
+        ranked = (
+            select(
+                faces.c.id,
+                func.row_number()
+                .over(partition_by=faces.c.person_id, order_by=(faces.c.det_score.desc(), faces.c.id))
+                .label("position"),
+            )
             .select_from(_CURRENT_FACES)
             .where(faces.c.model_pack == model_pack, faces.c.person_id.is_not(None))
-            .order_by(faces.c.id)
+            .subquery()
+        )
+        query = (
+            select(faces.c.person_id, faces.c.embedding)
+            .join(ranked, ranked.c.id == faces.c.id)
+            .where(ranked.c.position <= per_person)
+            .order_by(faces.c.person_id, faces.c.id)
         )
         rows = (await self._connection.execute(query)).all()
-        return (
-            np.array([row.id for row in rows], np.int64),
-            np.array([row.person_id for row in rows], np.int64),
-            np.array([row.image_id for row in rows], np.int64),
-            _blobs_to_matrix([row.embedding for row in rows]),
+        return np.array([row.person_id for row in rows], np.int64), _blobs_to_matrix(
+            [row.embedding for row in rows]
         )
+
+    async def persons_seen_together(self, model_pack: str) -> set[tuple[int, int]]:
+        """Pairs of persons (a < b) with current faces of the pack in one photo. (Not `b > a` in the join:
+        SQLite would then walk the person index instead of the photo's faces, for every face.)"""
+        first, second = faces.alias("face_a"), faces.alias("face_b")
+        query = (
+            select(first.c.person_id, second.c.person_id.label("other"))
+            .distinct()
+            .select_from(
+                first.join(
+                    second,
+                    and_(
+                        second.c.image_id == first.c.image_id,
+                        second.c.model_pack == first.c.model_pack,
+                        second.c.person_id != first.c.person_id,
+                    ),
+                ).join(
+                    images, and_(images.c.id == first.c.image_id, images.c.model_pack == first.c.model_pack)
+                )
+            )
+            .where(first.c.model_pack == model_pack)
+        )
+        rows = await self._connection.execute(query)
+        return {(min(row.person_id, row.other), max(row.person_id, row.other)) for row in rows}
+
+    async def refused_pairs(self) -> set[tuple[int, int]]:
+        """(person of a face, person that face was said not to be): merging them would undo the refusal."""
+        query = (
+            select(faces.c.person_id, cannot_links.c.person_id.label("refused"))
+            .select_from(cannot_links.join(faces, faces.c.id == cannot_links.c.face_id))
+            .where(faces.c.person_id.is_not(None))
+        )
+        return {(row.person_id, row.refused) for row in await self._connection.execute(query)}
 
     # --- photos ------------------------------------------------------------------------------------
 

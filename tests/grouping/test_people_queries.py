@@ -236,6 +236,9 @@ async def test_the_photo_of_two_persons(
     assert len(alone) == (await show_person(unit_of_work, first)).face_count
     with pytest.raises(UnknownImageError):
         await image_detail(unit_of_work, library.group_photo + 10_000)
+    async with unit_of_work() as uow:
+        seen_together = await uow.views.persons_seen_together(grouping_settings.model_pack)
+    assert seen_together == {(min(first, second), max(first, second))}  # the one photo of two
 
 
 # --- the CLI, in its own process, key for key ----------------------------------------------------------
@@ -319,3 +322,20 @@ def test_the_cli_prints_the_queries_as_json(
         refused = run_cli(tmp_path, *arguments, "--db", cli_database)
         assert refused.returncode == 2
         assert refused.stderr.strip() == "no person with id 999999"
+
+
+async def test_a_centroid_reads_only_the_clearest_faces_of_each_person(
+    unit_of_work: UnitOfWork, lfw_subset: LabelledFaces, grouping_settings: Settings
+) -> None:
+    library = await build_library(unit_of_work, lfw_subset, grouping_settings)
+    persons = await list_persons(unit_of_work)
+
+    async with unit_of_work() as uow:
+        person_ids, embeddings = await uow.views.person_samples(grouping_settings.model_pack, 3)
+
+    assert Counter(person_ids.tolist()) == {p.id: min(3, p.face_count) for p in persons if p.face_count}
+    for person in persons:
+        clearest = (await show_person(unit_of_work, person.id, limit=3)).faces
+        expected = np.stack([lfw_subset.embeddings[_row_of(library, face.id)] for face in clearest])
+        found = embeddings[person_ids == person.id]
+        np.testing.assert_array_equal(found[np.lexsort(found.T)], expected[np.lexsort(expected.T)])

@@ -102,7 +102,9 @@ async def _exercise_every_view(uow: Any, image_id: int, persons: list[int], face
     await views.unassigned_faces(offset=0, limit=5)
     await views.faces_of_image(image_id)
     await views.embeddings(face_ids, PACK)
-    await views.assigned_faces(PACK)
+    await views.person_samples(PACK, 32)
+    await views.persons_seen_together(PACK)
+    await views.refused_pairs()
     await views.image(image_id)
     await views.images_with(persons[:2], offset=1, limit=1)
 
