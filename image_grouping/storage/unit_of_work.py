@@ -15,8 +15,8 @@ from image_grouping.storage.repositories import (
     ImageRepository,
     PersonRepository,
     ReclusterRunRepository,
+    ViewRepository,
 )
-from image_grouping.storage.views import ViewRepository
 
 log = structlog.get_logger(__name__)
 

@@ -11,5 +11,13 @@ from image_grouping.storage.repositories.faces import FaceRepository
 from image_grouping.storage.repositories.images import ImageRepository
 from image_grouping.storage.repositories.persons import PersonRepository
 from image_grouping.storage.repositories.runs import ReclusterRunRepository
+from image_grouping.storage.repositories.views import ViewRepository
 
-__all__ = ["FaceRepository", "ImageRepository", "PersonRepository", "ReclusterRunRepository", "path_key"]
+__all__ = [
+    "FaceRepository",
+    "ImageRepository",
+    "PersonRepository",
+    "ReclusterRunRepository",
+    "ViewRepository",
+    "path_key",
+]

@@ -17,9 +17,8 @@ from sqlalchemy import Row, Select, and_, case, false, func, literal_column, sel
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.views import FaceView, ImageView, PersonSummary
+from image_grouping.storage.repositories.common import IN_CHUNK, chunks
 from image_grouping.storage.schema import cannot_links, faces, images, persons
-
-IN_CHUNK = 1000  # SQL Server accepts at most 2,100 parameters per statement
 
 # faces joined with their photo, keeping only the faces of the photo's current analysis
 _CURRENT_FACES = faces.join(
@@ -142,9 +141,7 @@ class ViewRepository:
 
     async def existing_persons(self, person_ids: Iterable[int]) -> set[int]:
         found: set[int] = set()
-        wanted = sorted({int(person_id) for person_id in person_ids})
-        for start in range(0, len(wanted), IN_CHUNK):
-            chunk = wanted[start : start + IN_CHUNK]
+        for chunk in chunks(sorted({int(person_id) for person_id in person_ids})):
             found.update(
                 (
                     await self._connection.execute(select(persons.c.id).where(persons.c.id.in_(chunk)))
@@ -179,9 +176,7 @@ class ViewRepository:
     async def embeddings(self, face_ids: Sequence[int], model_pack: str) -> dict[int, np.ndarray]:
         """The embeddings of those of these faces that the pack found."""
         found: dict[int, np.ndarray] = {}
-        wanted = sorted({int(face_id) for face_id in face_ids})
-        for start in range(0, len(wanted), IN_CHUNK):
-            chunk = wanted[start : start + IN_CHUNK]
+        for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
             query = select(faces.c.id, faces.c.embedding).where(
                 faces.c.id.in_(chunk), faces.c.model_pack == model_pack
             )
