@@ -184,6 +184,57 @@ async def test_a_batch_of_analyses_is_stored_as_each_image_alone(uow_factory: Uo
     )
 
 
+async def test_a_batch_costs_a_few_statements_whatever_its_size(
+    engine: AsyncEngine, uow_factory: UowFactory
+) -> None:
+    """The batched writes that keep the service near the bare pipeline (README, "Where the service's time
+    goes"): storing or re-analysing 40 images costs the statements that one image costs."""
+    executed: list[str] = []
+
+    @event.listens_for(engine.sync_engine, "before_execute")
+    def _count(_conn: Any, clause: Any, _multi: Any, _params: Any, _options: Any) -> None:
+        executed.append(type(clause).__name__)
+
+    moved = [(302.0, 42.0, 381.0, 141.0), (12.0, 8.0, 111.0, 128.0), (900.0, 20.0, 960.0, 90.0)]
+
+    async def statements_of(results: list[ImageResult]) -> int:
+        async with uow_factory() as uow:
+            executed.clear()
+            await uow.save_analyses(results)
+            count = len(executed)
+            await uow.commit()
+        return count
+
+    async def costs(size: int) -> tuple[int, int]:
+        async with uow_factory() as uow:
+            paths = [(None, f"//srv/files/size{size}/{n}.jpg") for n in range(size)]
+            images = await uow.images.get_or_create_many(paths)
+            await uow.commit()
+        first = [
+            ImageResult(image.id, "h", 1, make_analysis(BOXES, n), [None] * 3)
+            for n, image in enumerate(images)
+        ]
+        # Two faces found again, one gone, one new: every kind of change, in every image.
+        again = [
+            ImageResult(image.id, "h", 1, make_analysis(moved, n), [None] * 3)
+            for n, image in enumerate(images)
+        ]
+        return await statements_of(first), await statements_of(again)
+
+    try:
+        one, many = await costs(1), await costs(40)
+    finally:
+        event.remove(engine.sync_engine, "before_execute", _count)
+    assert one == many
+    assert one <= (
+        4,
+        8,
+    )  # first: images, faces now, insert, ids; again: + indexes aside, covers, delete, update
+    rows = await face_rows(uow_factory)
+    assert len(rows) == 41 * 3
+    assert sum(row.face_index == 2 for row in rows) == 41  # the new face of each image
+
+
 async def test_a_batch_naming_a_missing_image_stores_nothing(uow_factory: UowFactory) -> None:
     async with uow_factory() as uow:
         image = await uow.images.get_or_create(None, "//srv/files/d1.jpg")
