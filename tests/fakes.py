@@ -15,7 +15,7 @@ from typing import Any, Self
 import numpy as np
 
 from image_grouping.errors import BadInputError, CorruptImageError, ImageNotFoundError
-from image_grouping.models.face_identity import match_boxes
+from image_grouping.models.face_identity import StoredFace, plan_reanalysis
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.records import FaceSet, ImageRecord, ImageResult, PersonRecord
 from image_grouping.models.views import FaceView, ImageView, PersonSummary
@@ -155,13 +155,15 @@ class FakeImages(_Repository):
         self.state.images[image_id] = image
 
     async def save_analyses(self, results: Sequence[ImageResult]) -> list[list[int]]:
-        """Replace each image's faces of the pack; a re-detected face (same place) keeps its id and
-        person, as the real data layer does."""
-        saved = []
-        for result in results:
+        """Replace each image's faces of the pack by the domain's plan, as the real data layer does: a
+        re-detected face keeps its id and person, a face no longer found goes (with its cannot-links and
+        covers), an image given twice keeps its last result."""
+        latest = {result.image_id: result for result in results}
+        saved: dict[int, list[int]] = {}
+        for image_id, result in latest.items():
             analysis = result.analysis
-            image = self.state.images[result.image_id]
-            self.state.images[image.id] = replace(
+            image = self.state.images[image_id]
+            self.state.images[image_id] = replace(
                 image,
                 status="done",
                 content_hash=result.content_hash,
@@ -170,23 +172,29 @@ class FakeImages(_Repository):
                 height=analysis.height,
                 model_pack=analysis.model_pack,
             )
-            old = [
-                row
+            stored = {
+                row.id: row
                 for row in self.state.faces.values()
-                if row.image_id == image.id and row.model_pack == analysis.model_pack
-            ]
-            new_boxes = np.array([face.box for face in analysis.faces], np.float64).reshape(-1, 4)
-            same = match_boxes(np.array([row.box for row in old], np.float64).reshape(-1, 4), new_boxes)
-            for row in old:
-                del self.state.faces[row.id]
+                if row.image_id == image_id and row.model_pack == analysis.model_pack
+            }
+            plan = plan_reanalysis(
+                [StoredFace(row.id, row.box) for row in stored.values()],
+                [face.box for face in analysis.faces],
+            )
+            for face_id in plan.removed:
+                del self.state.faces[face_id]
+                self.state.cannot_links = {link for link in self.state.cannot_links if link[0] != face_id}
+                for person in self.state.persons.values():
+                    if person["cover_face_id"] == face_id:
+                        person["cover_face_id"] = None
             ids = []
             for index, (face, thumbnail) in enumerate(
                 zip(analysis.faces, result.thumbnail_paths, strict=True)
             ):
-                kept = old[same[index]] if index in same else None
+                kept = stored.get(plan.kept[index]) if index in plan.kept else None
                 row = FaceRow(
                     id=kept.id if kept else self.state.new_id(),
-                    image_id=image.id,
+                    image_id=image_id,
                     model_pack=analysis.model_pack,
                     box=face.box,
                     embedding=face.embedding,
@@ -200,8 +208,8 @@ class FakeImages(_Repository):
                 )
                 self.state.faces[row.id] = row
                 ids.append(row.id)
-            saved.append(ids)
-        return saved
+            saved[image_id] = ids
+        return [saved[result.image_id] for result in results]
 
 
 class FakeFaces(_Repository):
