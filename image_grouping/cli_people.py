@@ -88,6 +88,7 @@ def persons_list(
         lambda adapters: list_persons(
             adapters.unit_of_work, include_hidden=hidden, offset=offset, limit=limit
         ),
+        dry_run=dry_run,
     )
     if json_output:
         _print_json(persons)

@@ -318,6 +318,14 @@ def test_the_cli_prints_the_queries_as_json(
     assert len(photos) == first["face_count"]
     assert all(set(photo) == {"id", "path", "source_id", "width", "height"} for photo in photos)
 
+    # --dry-run: read only, not even the schema brought up to date (a new SQLite file is not created)
+    new_database = tmp_path / "never-created.sqlite3"
+    for arguments in (["persons", "list"], ["faces", "unassigned"], ["persons", "suggest-merges"]):
+        untouched = run_cli(tmp_path, *arguments, "--db", f"sqlite:///{new_database}", "--dry-run", "--json")
+        assert untouched.returncode == 0, untouched.stderr
+        assert json.loads(untouched.stdout) == []
+    assert not new_database.exists()
+
     for arguments in (["persons", "show", "999999"], ["images", "with", str(first["id"]), "999999"]):
         refused = run_cli(tmp_path, *arguments, "--db", cli_database)
         assert refused.returncode == 2
