@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from image_grouping.config import Settings
 from image_grouping.grouping import GroupingParams
 from image_grouping.handlers.detection import DetectionDeps
+from image_grouping.handlers.people import PeopleDeps
 from image_grouping.handlers.ports import Analyzer, UnitOfWork, UnitOfWorkFactory
 from image_grouping.handlers.queries import SuggestionParams
 from image_grouping.handlers.recognition import GroupingDeps
@@ -120,6 +121,11 @@ class Adapters:
             params=grouping_params(self.settings),
             model_pack=self.settings.model_pack,
             interval_seconds=self.settings.interval_seconds,
+        )
+
+    def people_deps(self) -> PeopleDeps:
+        return PeopleDeps(
+            unit_of_work=self.unit_of_work, thumbnails=self.thumbnails, model_pack=self.settings.model_pack
         )
 
     async def probe_database(self) -> None:

@@ -10,7 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.storage import SqlUnitOfWork, ensure_schema
 from image_grouping.storage.database import async_url, engine_for_url
-from image_grouping.storage.schema import cannot_links, faces, images, persons, recluster_runs
+from image_grouping.storage.schema import (
+    cannot_links,
+    face_tombstones,
+    faces,
+    images,
+    person_merges,
+    persons,
+    recluster_runs,
+)
 
 
 @asynccontextmanager
@@ -26,6 +34,6 @@ async def migrated_engine(url: str) -> AsyncIterator[AsyncEngine]:
 async def emptied(engine: AsyncEngine) -> Callable[[], SqlUnitOfWork]:
     """A factory of units of work on the engine's database, emptied first (children before parents)."""
     async with engine.begin() as connection:
-        for table in (cannot_links, faces, persons, images, recluster_runs):
+        for table in (cannot_links, face_tombstones, person_merges, faces, persons, images, recluster_runs):
             await connection.execute(delete(table))
     return lambda: SqlUnitOfWork(engine)

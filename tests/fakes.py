@@ -47,6 +47,7 @@ class State:
     faces: dict[int, FaceRow] = field(default_factory=dict)
     persons: dict[int, dict[str, Any]] = field(default_factory=dict)
     cannot_links: set[tuple[int, int]] = field(default_factory=set)
+    tombstones: list[tuple[int, tuple[float, float, float, float]]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     next_id: int = 1
 
@@ -102,6 +103,13 @@ class _Repository:
 
 
 class FakeImages(_Repository):
+    async def forgotten_boxes(self, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
+        found: dict[int, list[tuple[float, float, float, float]]] = {}
+        for image_id, box in self.state.tombstones:
+            if image_id in image_ids:
+                found.setdefault(image_id, []).append(box)
+        return {image_id: np.array(boxes, np.float64) for image_id, boxes in found.items()}
+
     async def get_or_create(self, source_id: str | None, source_path: str) -> ImageRecord:
         found = next((each for each in self.state.images.values() if each.source_path == source_path), None)
         if found is not None:
@@ -502,6 +510,10 @@ class FakeThumbnails:
 
     def path_of(self, stored: str) -> Path:
         return Path(stored)
+
+    def remove(self, stored_paths: Iterable[str]) -> None:
+        for path in stored_paths:
+            self.saved.pop(path, None)
 
 
 def is_refusal(outcome: object, reason: str) -> bool:

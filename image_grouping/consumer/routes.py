@@ -9,10 +9,23 @@ from aio_pika.abc import AbstractQueue
 
 from image_grouping.bootstrap import Adapters
 from image_grouping.consumer.worker import Handling, Route
+from image_grouping.handlers import people
 from image_grouping.handlers.detection import handle_images_uploaded
 from image_grouping.handlers.ports import Outcome
 from image_grouping.handlers.recognition import handle_faces_detected, handle_recluster_requested
-from image_grouping.models.messages import FacesDetected, ImageUploaded, ReclusterRequested
+from image_grouping.models.messages import (
+    AssignFace,
+    ChooseCover,
+    FacesDetected,
+    ForgetPerson,
+    ImageDeleted,
+    ImageUploaded,
+    MergePersons,
+    ReclusterRequested,
+    RejectFace,
+    RenamePerson,
+    SetPersonHidden,
+)
 from image_grouping.observability import DETECTION, FACES_FOUND, RECOGNITION
 
 # Under load the prefetched messages fill a batch at once; a message alone waits no longer than this.
@@ -48,10 +61,22 @@ def detection_route(queue: AbstractQueue, adapters: Adapters) -> Route:
 
 
 def recognition_route(queue: AbstractQueue, adapters: Adapters) -> Route:
-    # One batch or recluster at a time: two groupings side by side could each found a person for the
-    # same face. Batches because each assignment loads every face of the pack.
+    # One batch, recluster or edit at a time: two groupings side by side could each found a person for
+    # the same face. Batches because each assignment loads every face of the pack; the people's commands
+    # one by one (each its own transaction).
     deps = adapters.grouping_deps()
+    people_deps = adapters.people_deps()
     settings = adapters.settings
+    edits = {
+        RenamePerson: people.handle_rename_person,
+        SetPersonHidden: people.handle_set_person_hidden,
+        ChooseCover: people.handle_choose_cover,
+        MergePersons: people.handle_merge_persons,
+        AssignFace: people.handle_assign_face,
+        RejectFace: people.handle_reject_face,
+        ForgetPerson: people.handle_forget_person,
+        ImageDeleted: people.handle_image_deleted,
+    }
     return Route(
         queue,
         RECOGNITION,
@@ -62,5 +87,6 @@ def recognition_route(queue: AbstractQueue, adapters: Adapters) -> Route:
                 settings.grouping_batch_wait_seconds,
             ),
             ReclusterRequested: Handling(partial(handle_recluster_requested, deps=deps)),
+            **{command: Handling(partial(handler, deps=people_deps)) for command, handler in edits.items()},
         },
     )

@@ -8,7 +8,7 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from image_grouping.config import Settings
-from image_grouping.models.messages import FacesDetected, ImageUploaded, ReclusterRequested
+from image_grouping.models.messages import PEOPLE_COMMANDS, FacesDetected, ImageUploaded, ReclusterRequested
 
 # A message redelivered this often keeps killing its worker (e.g. out of memory): the broker dead-letters
 # it. Well above the redeliveries that crashes and broker restarts cause to healthy messages.
@@ -27,8 +27,8 @@ class Topology:
 async def declare_topology(channel: AbstractChannel, settings: Settings) -> Topology:
     """A durable topic exchange, two quorum work queues and a dead-letter exchange and queue.
 
-    The recluster queue has a single active consumer, so however many replicas run, one grouping run
-    happens at a time.
+    The recluster queue has a single active consumer, so however many replicas run, one grouping run or
+    people's edit happens at a time.
     """
     exchange = await channel.declare_exchange(settings.exchange_name, ExchangeType.TOPIC, durable=True)
     dead_letter_exchange = await channel.declare_exchange(
@@ -56,4 +56,8 @@ async def declare_topology(channel: AbstractChannel, settings: Settings) -> Topo
     )
     await recluster_queue.bind(exchange, routing_key=FacesDetected.event_type)
     await recluster_queue.bind(exchange, routing_key=ReclusterRequested.event_type)
+    # The people's edits and deletions go through the same single active consumer as grouping: an edit
+    # never interleaves with a recluster's read and write.
+    for command in PEOPLE_COMMANDS:
+        await recluster_queue.bind(exchange, routing_key=command.event_type)
     return Topology(exchange, dead_letter_exchange, upload_queue, recluster_queue, dead_letter_queue)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import numpy as np
 import structlog
 
 from image_grouping.errors import BadInputError
@@ -22,6 +23,7 @@ from image_grouping.handlers.ports import (
     UnitOfWork,
     UnitOfWorkFactory,
 )
+from image_grouping.models.face_identity import match_boxes
 from image_grouping.models.faces import ImageAnalysis
 from image_grouping.models.messages import FacesDetected, ImageUploaded
 from image_grouping.models.records import ImageRecord, ImageResult
@@ -86,6 +88,12 @@ async def _store(loaded: Sequence[tuple[ImageUploaded, _Loaded]], deps: Detectio
         # Registered for good first: a retry after a failed commit below finds the same image ids, so it
         # overwrites the same thumbnail files instead of leaving them orphaned.
         await uow.commit()
+        # Faces of forgotten persons are found again but never stored, nor their thumbnails written.
+        forgotten = await uow.images.forgotten_boxes([image.id for image in images])
+        loaded = [
+            (event, _without_forgotten(item, forgotten.get(image.id)))
+            for image, (event, item) in zip(images, loaded, strict=True)
+        ]
         # Written before the commit that records their paths, so a committed face always has its file.
         thumbnail_paths = await asyncio.to_thread(
             lambda: [
@@ -122,6 +130,19 @@ class _Loaded:
     content_hash: str
     size_bytes: int
     analysis: ImageAnalysis
+
+
+def _without_forgotten(item: _Loaded, forgotten: np.ndarray | None) -> _Loaded:
+    """The analysis without the faces where a forgotten face was (box IoU >= 0.5 with its tombstone)."""
+    if forgotten is None or not item.analysis.faces:
+        return item
+    boxes = np.array([face.box for face in item.analysis.faces], np.float64)
+    again = set(match_boxes(forgotten, boxes))
+    if not again:
+        return item
+    log.info("faces of forgotten persons not stored again", faces=len(again))
+    kept = [face for index, face in enumerate(item.analysis.faces) if index not in again]
+    return replace(item, analysis=replace(item.analysis, faces=kept))
 
 
 async def _load(event: ImageUploaded, deps: DetectionDeps) -> _Loaded | None:

@@ -71,9 +71,117 @@ class PersonsUpdated(EventData):
     changes: dict[str, Any] = Field(default_factory=dict)
 
 
+# --- the people: edits and deletions (image_grouping.handlers.people), on the recluster queue ---------
+
+
+class RenamePerson(EventData):
+    """Name a person, or clear its name (None); a blank name is refused."""
+
+    event_type: ClassVar[str] = "person.rename.requested"
+    person_id: int
+    name: str | None = Field(max_length=255, description="The new name; null clears it.")
+
+
+class SetPersonHidden(EventData):
+    """Hide a person from the People view (or show it again); grouping goes on as before."""
+
+    event_type: ClassVar[str] = "person.hide.requested"
+    person_id: int
+    hidden: bool
+
+
+class ChooseCover(EventData):
+    """Make one of the person's faces its cover."""
+
+    event_type: ClassVar[str] = "person.cover.requested"
+    person_id: int
+    face_id: int
+
+
+class MergePersons(EventData):
+    """Move every face of the sources into the target and delete the sources. The target keeps its
+    name, or takes the first named source's."""
+
+    event_type: ClassVar[str] = "persons.merge.requested"
+    target_id: int
+    source_ids: list[int] = Field(min_length=1, max_length=1000)
+
+
+class AssignFace(EventData):
+    """Put a face into a person by hand (person_id null: into a new person of its own)."""
+
+    event_type: ClassVar[str] = "face.assign.requested"
+    face_id: int
+    person_id: int | None = None
+
+
+class RejectFace(EventData):
+    """ "Not this person": the face leaves the person (default: its current one) and grouping never puts
+    it back (a cannot-link). For an unassigned face, it records that the face is not that person."""
+
+    event_type: ClassVar[str] = "face.reject.requested"
+    face_id: int
+    person_id: int | None = None
+
+
+class ForgetPerson(EventData):
+    """Erase a person's biometric data: its faces' embeddings, thumbnails and its name. What is kept is a
+    tombstone per face (photo id and box), so re-analysis does not learn the faces again."""
+
+    event_type: ClassVar[str] = "person.forget.requested"
+    person_id: int
+
+
+class ImageDeleted(EventData):
+    """The uploader deleted a photo (by its id or its stored path): its faces, embeddings and thumbnails
+    go, and persons left without faces go unless named."""
+
+    event_type: ClassVar[str] = "image.deleted"
+    image_id: str | None = Field(default=None, min_length=1, max_length=255)
+    path: str | None = Field(default=None, min_length=1, max_length=2000)
+
+
+class PersonForgotten(EventData):
+    """Announced after `person.forget.requested` was carried out: drop every cached face of the person."""
+
+    event_type: ClassVar[str] = "person.forgotten"
+    person_id: int
+    face_ids: list[int] = Field(description="The faces erased (their ids are never used again).")
+    image_ids: list[int] = Field(description="Database ids of the photos those faces were in.")
+
+
+class FacesDeleted(EventData):
+    """Announced after `image.deleted` was carried out: the photo's faces are gone."""
+
+    event_type: ClassVar[str] = "faces.deleted"
+    image_id: str | None = Field(description="The uploader's id of the photo, as the command gave it.")
+    path: str | None = Field(description="The stored path, as the command gave it.")
+    face_ids: list[int]
+    person_ids: list[int] = Field(description="Persons deleted because they were left without faces.")
+
+
+PEOPLE_COMMANDS: tuple[type[EventData], ...] = (
+    RenamePerson,
+    SetPersonHidden,
+    ChooseCover,
+    MergePersons,
+    AssignFace,
+    RejectFace,
+    ForgetPerson,
+    ImageDeleted,
+)
+
 EVENT_TYPES: dict[str, type[EventData]] = {
     data_type.event_type: data_type
-    for data_type in (ImageUploaded, FacesDetected, ReclusterRequested, PersonsUpdated)
+    for data_type in (
+        ImageUploaded,
+        FacesDetected,
+        ReclusterRequested,
+        PersonsUpdated,
+        *PEOPLE_COMMANDS,
+        PersonForgotten,
+        FacesDeleted,
+    )
 }
 
 DataT = TypeVar("DataT", bound=EventData)

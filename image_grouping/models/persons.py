@@ -1,4 +1,5 @@
-"""What grouping changed about persons: the run log's stats and the `persons.updated` event's data."""
+"""What grouping or an edit changed about persons: the run log's stats and the `persons.updated` event's
+data."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Any
 
 @dataclass(slots=True)
 class PersonChanges:
-    """Ids of persons grouping created, merged away or emptied, and how many faces it moved."""
+    """Ids of persons grouping (or an edit) created, merged away or emptied, and how many faces it moved;
+    an edit also says which face went where."""
 
     model_pack: str
-    kind: str  # "incremental" or "recluster"
+    kind: str  # "incremental", "recluster" or "edit"
     created: list[int] = field(default_factory=list)
     merged: list[tuple[int, int]] = field(
         default_factory=list
@@ -21,6 +23,20 @@ class PersonChanges:
     faces_assigned: int = 0  # faces that got a person after having none
     faces_moved: int = 0  # faces that went from one person to another
     faces_unassigned: int = 0  # faces that lost their person
+    # Edits by hand: each face that changed person, {"face_id", "before", "after", "by": "hand"} (None:
+    # no person); refusals ("not this person"), {"face_id", "person_id"}; persons hidden, shown again,
+    # given a new cover, deleted (merged away, left empty, forgotten).
+    faces: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, int]] = field(default_factory=list)
+    hidden: list[int] = field(default_factory=list)
+    shown: list[int] = field(default_factory=list)
+    cover_changed: list[int] = field(default_factory=list)
+    deleted: list[int] = field(default_factory=list)
+
+    def face_moved(self, face_id: int, before: int | None, after: int | None) -> None:
+        """Record a face changed by hand (nothing when it stays where it was)."""
+        if before != after:
+            self.faces.append({"face_id": face_id, "before": before, "after": after, "by": "hand"})
 
     @property
     def changed(self) -> bool:
@@ -32,6 +48,12 @@ class PersonChanges:
             or self.faces_assigned
             or self.faces_moved
             or self.faces_unassigned
+            or self.faces
+            or self.refused
+            or self.hidden
+            or self.shown
+            or self.cover_changed
+            or self.deleted
         )
 
     def to_event_data(self) -> dict[str, Any]:

@@ -77,3 +77,15 @@ class FaceSet:
         none = np.empty(0, np.float32)
         ids = np.empty(0, np.int64)
         return cls(ids, ids, np.empty((0, dim), np.float32), ids, np.empty(0, bool), none, none, none, none)
+
+
+@dataclass(frozen=True, slots=True)
+class FaceRecord:
+    """One face as the edits see it (no embedding)."""
+
+    id: int
+    image_id: int
+    model_pack: str
+    person_id: int | None
+    manual: bool  # its person (or its absence) was set by hand
+    thumbnail_path: str | None

@@ -122,6 +122,34 @@ cannot_links = Table(
     Index(None, "person_id"),
 )
 
+# What "forget this person" keeps of each erased face: the photo and the box, no embedding, no name, no
+# thumbnail. Re-analysis of the photo skips a face found there again, so it is never learnt back. The
+# person's id says that the command was carried out (a redelivery changes nothing). Goes with its photo.
+face_tombstones = Table(
+    "face_tombstones",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("image_id", Id, ForeignKey("images.id", ondelete="CASCADE"), nullable=False),
+    Column("person_id", BigInteger, nullable=False),  # no FK: the person is gone
+    Column("box_x1", Float, nullable=False),
+    Column("box_y1", Float, nullable=False),
+    Column("box_x2", Float, nullable=False),
+    Column("box_y2", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index(None, "image_id"),
+    Index(None, "person_id"),
+    sqlite_autoincrement=True,
+)
+
+# Persons merged away by hand and the person they went into: a redelivered merge finds its work done.
+person_merges = Table(
+    "person_merges",
+    metadata,
+    Column("person_id", Id, primary_key=True, autoincrement=False),  # no FK: the person is gone
+    Column("into_person_id", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 recluster_runs = Table(
     "recluster_runs",
     metadata,

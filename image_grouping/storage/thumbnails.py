@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from image_grouping.models.faces import ImageAnalysis
@@ -65,6 +66,11 @@ class ThumbnailStore:
         """The file of a path as `save` returned it."""
         return self._storage / stored
 
+    def remove(self, stored_paths: Iterable[str]) -> None:
+        """Delete the files of these paths (as `save` returned them); those already gone are no error."""
+        for stored in stored_paths:
+            self.path_of(stored).unlink(missing_ok=True)
+
 
 class DryRunThumbnailStore(ThumbnailStore):
     """--dry-run: the paths the thumbnails would have, and no file written or removed."""
@@ -80,3 +86,6 @@ class DryRunThumbnailStore(ThumbnailStore):
     def save_faces(self, image_id: int, analysis: ImageAnalysis) -> list[str]:
         key = f"{image_id}_{analysis.model_pack}"
         return [self.save(key, index, face.thumbnail_jpeg) for index, face in enumerate(analysis.faces)]
+
+    def remove(self, stored_paths: Iterable[str]) -> None:
+        return None

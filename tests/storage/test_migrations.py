@@ -22,8 +22,17 @@ from image_grouping.storage.database import async_url, engine_for_url, odbc_url
 from image_grouping.storage.migrations import render_upgrade_sql
 from image_grouping.storage.schema import images, metadata
 
-HEAD_REVISION = "0004"
-TABLES = {"images", "faces", "persons", "cannot_links", "recluster_runs", "database_identity"}
+HEAD_REVISION = "0005"
+TABLES = {
+    "images",
+    "faces",
+    "persons",
+    "cannot_links",
+    "recluster_runs",
+    "database_identity",
+    "face_tombstones",
+    "person_merges",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -64,7 +73,7 @@ async def test_migrations_create_the_schema_from_nothing_as_the_code_declares_it
         assert options == ["toast_tuple_target=8160"]
 
 
-@pytest.mark.parametrize("previous", ["0001", "0002", "0003"])
+@pytest.mark.parametrize("previous", ["0001", "0002", "0003", "0004"])
 async def test_upgrade_from_a_previous_revision_keeps_the_data(
     empty_engine: AsyncEngine, previous: str
 ) -> None:

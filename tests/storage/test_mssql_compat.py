@@ -79,6 +79,7 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
         await uow.faces.thumbnails(None, 5, model_pack=PACK)
         await uow.persons.list()
         await _exercise_every_view(uow, image.id, persons, face_ids)
+        await _exercise_every_edit(uow, image.id, persons, face_ids, [each.id for each in registered])
         await uow.persons.rename(persons[0], "Dana")
         await uow.persons.set_cover(persons[0], face_ids[3])
         await uow.persons.set_hidden(persons[1], True)
@@ -88,6 +89,29 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
         await uow.runs.finish(run_id, {"persons": 3})
         await uow.runs.latest("full")
         await uow.commit()
+
+
+async def _exercise_every_edit(
+    uow: Any, image_id: int, persons: list[int], face_ids: list[int], image_ids: list[int]
+) -> None:
+    """The statements of the people's edits and deletions (image_grouping.handlers.people)."""
+    await uow.images.find("id-1", "//srv/files/1.jpg")
+    await uow.images.find(None, "//srv/files/1.jpg")
+    await uow.images.forgotten_boxes(range(1, 1500))
+    await uow.faces.get(face_ids)
+    await uow.faces.of_persons(persons)
+    await uow.faces.of_images(range(1, 1500))
+    await uow.faces.is_refused(face_ids[4], persons[0])
+    await uow.faces.refuse(face_ids[4], persons[0])
+    await uow.persons.get(range(1, 1500))
+    await uow.persons.merged_into(range(1, 1500))
+    await uow.persons.forgotten(persons[0])
+    await uow.persons.model_packs(persons[0])
+    await uow.persons.choose_cover(persons)
+    await uow.persons.delete_empty(range(1, 1500))
+    await uow.faces.forget(face_ids[2000:3200], persons[2])
+    await uow.faces.delete(face_ids[3200:4400])
+    await uow.images.delete(image_ids[1:])
 
 
 async def _exercise_every_view(uow: Any, image_id: int, persons: list[int], face_ids: list[int]) -> None:

@@ -7,15 +7,16 @@ from typing import Any
 
 import numpy as np
 import structlog
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from image_grouping.models.records import FaceSet
+from image_grouping.models.records import FaceRecord, FaceSet
 from image_grouping.storage.repositories.common import chunks, now
 from image_grouping.storage.schema import (
     AUTOMATIC,
     BY_HAND,
     cannot_links,
+    face_tombstones,
     faces,
     persons,
 )
@@ -58,6 +59,27 @@ def _face_set(rows: Sequence[Sequence[Any]]) -> FaceSet:
         size_px=np.array(size_px, np.float32),
         sharpness=np.array(sharpness, np.float32),
         yaw=np.array(yaw, np.float32),
+    )
+
+
+_RECORD_COLUMNS = (
+    faces.c.id,
+    faces.c.image_id,
+    faces.c.model_pack,
+    faces.c.person_id,
+    faces.c.assigned_by,
+    faces.c.thumbnail_path,
+)
+
+
+def _face_record(row: Row[Any]) -> FaceRecord:
+    return FaceRecord(
+        id=row.id,
+        image_id=row.image_id,
+        model_pack=row.model_pack,
+        person_id=row.person_id,
+        manual=row.assigned_by == BY_HAND,
+        thumbnail_path=row.thumbnail_path,
     )
 
 
@@ -237,3 +259,75 @@ class FaceRepository:
         )
         if result.rowcount == 0:
             raise LookupError(f"no face with id {face_id}")
+
+    # --- edits and deletions by hand (image_grouping.handlers.people) ---
+
+    async def get(self, face_ids: Iterable[int]) -> dict[int, FaceRecord]:
+        """These faces (those that exist), by id."""
+        found: dict[int, FaceRecord] = {}
+        for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
+            for row in await self._connection.execute(select(*_RECORD_COLUMNS).where(faces.c.id.in_(chunk))):
+                found[row.id] = _face_record(row)
+        return found
+
+    async def of_persons(self, person_ids: Iterable[int]) -> list[FaceRecord]:
+        """Every face (of every pack) of these persons, by id."""
+        return await self._records(faces.c.person_id, person_ids)
+
+    async def of_images(self, image_ids: Iterable[int]) -> list[FaceRecord]:
+        """Every face (of every pack) of these images, by id."""
+        return await self._records(faces.c.image_id, image_ids)
+
+    async def _records(self, column: Any, values: Iterable[int]) -> list[FaceRecord]:
+        found: list[FaceRecord] = []
+        for chunk in chunks(sorted({int(value) for value in values})):
+            query = select(*_RECORD_COLUMNS).where(column.in_(chunk)).order_by(faces.c.id)
+            found += [_face_record(row) for row in await self._connection.execute(query)]
+        return sorted(found, key=lambda face: face.id)
+
+    async def refuse(self, face_id: int, person_id: int) -> None:
+        """ "Not this person": the face leaves the person if it is in it (by hand: it stays without one),
+        and a cannot-link keeps grouping from ever putting it there again."""
+        await self._connection.execute(
+            update(faces)
+            .where(faces.c.id == face_id, faces.c.person_id == person_id)
+            .values(person_id=None, assigned_by=BY_HAND, updated_at=now())
+        )
+        await self._connection.execute(
+            update(persons)
+            .where(persons.c.id == person_id, persons.c.cover_face_id == face_id)
+            .values(cover_face_id=None, updated_at=now())
+        )
+        if not await self.is_refused(face_id, person_id):
+            await self._connection.execute(
+                insert(cannot_links).values(face_id=face_id, person_id=person_id, created_at=now())
+            )
+
+    async def is_refused(self, face_id: int, person_id: int) -> bool:
+        query = select(cannot_links.c.face_id).where(
+            cannot_links.c.face_id == face_id, cannot_links.c.person_id == person_id
+        )
+        return (await self._connection.execute(query)).first() is not None
+
+    async def delete(self, face_ids: Sequence[int]) -> None:
+        """Delete faces, their cannot-links and the covers they were."""
+        for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
+            await self._connection.execute(
+                update(persons).where(persons.c.cover_face_id.in_(chunk)).values(cover_face_id=None)
+            )
+            await self._connection.execute(delete(cannot_links).where(cannot_links.c.face_id.in_(chunk)))
+            await self._connection.execute(delete(faces).where(faces.c.id.in_(chunk)))
+
+    async def forget(self, face_ids: Sequence[int], person_id: int) -> None:
+        """Erase faces (`delete`), keeping of each a tombstone: its image, its box and the person's id."""
+        created = now()
+        for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
+            rows = await self._connection.execute(
+                select(
+                    faces.c.image_id, faces.c.box_x1, faces.c.box_y1, faces.c.box_x2, faces.c.box_y2
+                ).where(faces.c.id.in_(chunk))
+            )
+            tombstones = [row._asdict() | {"person_id": person_id, "created_at": created} for row in rows]
+            if tombstones:
+                await self._connection.execute(insert(face_tombstones), tombstones)
+            await self.delete(chunk)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import structlog
-from sqlalchemy import ColumnElement, Row, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -15,7 +15,7 @@ from image_grouping.models.face_identity import ReanalysisPlan, StoredFace, plan
 from image_grouping.models.faces import DetectedFace, ImageAnalysis
 from image_grouping.models.records import ImageRecord, ImageResult
 from image_grouping.storage.repositories.common import chunks, now, path_key
-from image_grouping.storage.schema import AUTOMATIC, faces, images, persons
+from image_grouping.storage.schema import AUTOMATIC, cannot_links, face_tombstones, faces, images, persons
 
 log = structlog.get_logger(__name__)
 
@@ -337,3 +337,47 @@ class ImageRepository:
                 if face_id is not None:  # the outer join's row of an image without faces
                     stored.append(StoredFace(face_id, tuple(box)))
         return found
+
+    # --- deletions (image_grouping.handlers.people) ---
+
+    async def find(self, source_id: str | None, source_path: str | None) -> list[ImageRecord]:
+        """The images registered under the uploader's id or under the path (either may be None)."""
+        conditions = []
+        if source_id is not None:
+            conditions.append(images.c.source_id == source_id)
+        if source_path is not None:
+            conditions.append(images.c.path_key == path_key(source_path))
+        if not conditions:
+            return []
+        query = select(images).where(or_(*conditions)).order_by(images.c.id)
+        return [_image(row) for row in await self._connection.execute(query)]
+
+    async def delete(self, image_ids: Sequence[int]) -> None:
+        """Delete images with their faces (every pack's), the faces' cannot-links, the tombstones of
+        their forgotten faces, and the covers they were. Persons are left to the caller."""
+        for chunk in chunks(sorted({int(image_id) for image_id in image_ids})):
+            gone = select(faces.c.id).where(faces.c.image_id.in_(chunk))
+            await self._connection.execute(
+                update(persons).where(persons.c.cover_face_id.in_(gone)).values(cover_face_id=None)
+            )
+            await self._connection.execute(delete(cannot_links).where(cannot_links.c.face_id.in_(gone)))
+            await self._connection.execute(delete(faces).where(faces.c.image_id.in_(chunk)))
+            await self._connection.execute(
+                delete(face_tombstones).where(face_tombstones.c.image_id.in_(chunk))
+            )
+            await self._connection.execute(delete(images).where(images.c.id.in_(chunk)))
+
+    async def forgotten_boxes(self, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The (n, 4) boxes of the forgotten faces of each image that has any."""
+        found: dict[int, list[tuple[float, ...]]] = {}
+        columns = (
+            face_tombstones.c.box_x1,
+            face_tombstones.c.box_y1,
+            face_tombstones.c.box_x2,
+            face_tombstones.c.box_y2,
+        )
+        for chunk in chunks(sorted({int(image_id) for image_id in image_ids})):
+            query = select(face_tombstones.c.image_id, *columns).where(face_tombstones.c.image_id.in_(chunk))
+            for image_id, *box in await self._connection.execute(query):
+                found.setdefault(image_id, []).append(tuple(box))
+        return {image_id: np.array(boxes, np.float64).reshape(-1, 4) for image_id, boxes in found.items()}

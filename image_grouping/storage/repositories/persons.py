@@ -15,7 +15,9 @@ from image_grouping.storage.schema import (
     AUTOMATIC,
     BY_HAND,
     cannot_links,
+    face_tombstones,
     faces,
+    person_merges,
     persons,
 )
 
@@ -27,15 +29,24 @@ class PersonRepository:
         self._connection = connection
 
     async def list(self) -> list[PersonRecord]:
+        return await self._records()
+
+    async def _records(self, *person_ids: int) -> list[PersonRecord]:
+        """Persons with their face counts, by id: all of them, or those of `person_ids`."""
+        counted = faces.c.person_id.is_not(None)
+        chosen = persons.c.id.is_not(None)
+        if person_ids:
+            counted, chosen = faces.c.person_id.in_(person_ids), persons.c.id.in_(person_ids)
         counts = (
             select(faces.c.person_id, func.count().label("face_count"))
-            .where(faces.c.person_id.is_not(None))
+            .where(counted)
             .group_by(faces.c.person_id)
             .subquery()
         )
         query = (
             select(persons, func.coalesce(counts.c.face_count, 0).label("face_count"))
             .select_from(persons.outerjoin(counts, counts.c.person_id == persons.c.id))
+            .where(chosen)
             .order_by(persons.c.id)
         )
         return [
@@ -108,6 +119,80 @@ class PersonRepository:
         )
         await self._update(target_id)
         await connection.execute(delete(persons).where(persons.c.id == source_id))
+        await connection.execute(delete(person_merges).where(person_merges.c.person_id == source_id))
+        await connection.execute(
+            insert(person_merges).values(person_id=source_id, into_person_id=target_id, created_at=now())
+        )
+
+    # --- edits and deletions by hand (image_grouping.handlers.people) ---
+
+    async def get(self, person_ids: Iterable[int]) -> dict[int, PersonRecord]:
+        """These persons (those that exist) with their face counts, by id."""
+        found: dict[int, PersonRecord] = {}
+        for chunk in chunks(sorted({int(person_id) for person_id in person_ids})):
+            found |= {person.id: person for person in await self._records(*chunk)}
+        return found
+
+    async def merged_into(self, person_ids: Iterable[int]) -> dict[int, int]:
+        """{person merged away by hand: the person it went into} for those of `person_ids` that were."""
+        found: dict[int, int] = {}
+        for chunk in chunks(sorted({int(person_id) for person_id in person_ids})):
+            query = select(person_merges.c.person_id, person_merges.c.into_person_id).where(
+                person_merges.c.person_id.in_(chunk)
+            )
+            found |= {row.person_id: row.into_person_id for row in await self._connection.execute(query)}
+        return found
+
+    async def forgotten(self, person_id: int) -> bool:
+        """Whether the person was forgotten (its faces left tombstones)."""
+        query = select(face_tombstones.c.id).where(face_tombstones.c.person_id == person_id).limit(1)
+        return (await self._connection.execute(query.order_by(face_tombstones.c.id))).first() is not None
+
+    async def model_packs(self, person_id: int) -> set[str]:
+        """The model packs of the person's faces."""
+        query = select(faces.c.model_pack).where(faces.c.person_id == person_id).distinct()
+        return {row.model_pack for row in await self._connection.execute(query)}
+
+    async def delete_empty(self, person_ids: Iterable[int]) -> list[int]:
+        """Delete those of the persons that have no face and no name (checked now, in this transaction);
+        their ids."""
+        empty: list[int] = []
+        for chunk in chunks(sorted({int(person_id) for person_id in person_ids})):
+            has_faces = select(faces.c.person_id).where(faces.c.person_id.in_(chunk))
+            query = select(persons.c.id).where(
+                persons.c.id.in_(chunk), persons.c.name.is_(None), persons.c.id.not_in(has_faces)
+            )
+            empty += [row.id for row in await self._connection.execute(query)]
+        await self.delete(empty)
+        return sorted(empty)
+
+    async def choose_cover(self, person_ids: Iterable[int]) -> None:
+        """Give each of the persons whose cover is none (or not one of its faces) its clearest face."""
+        for person_id in sorted({int(person_id) for person_id in person_ids}):
+            cover = (
+                await self._connection.execute(
+                    select(persons.c.cover_face_id).where(persons.c.id == person_id)
+                )
+            ).first()
+            if cover is None:  # no such person
+                continue
+            if cover.cover_face_id is not None:
+                still_theirs = select(faces.c.id).where(
+                    faces.c.id == cover.cover_face_id, faces.c.person_id == person_id
+                )
+                if (await self._connection.execute(still_theirs)).first() is not None:
+                    continue
+            best = (
+                select(faces.c.id)
+                .where(faces.c.person_id == person_id)
+                .order_by(faces.c.det_score.desc(), faces.c.id)
+                .limit(1)
+            )
+            await self._connection.execute(
+                update(persons)
+                .where(persons.c.id == person_id)
+                .values(cover_face_id=(await self._connection.execute(best)).scalar_one_or_none())
+            )
 
     async def _update(self, person_id: int, **values: Any) -> None:
         result = await self._connection.execute(
