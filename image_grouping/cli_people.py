@@ -2,7 +2,8 @@
 image_grouping.handlers (registered on the app in image_grouping.cli).
 
 Bad input (an unknown id, an invalid command) is one line on stderr and exit status 2. `--json` prints one
-JSON document: an array for a listing, an object for one person or photo.
+JSON document: an array for a listing, an object for one person or photo. An edit prints what it changed,
+one line per event (`--dry-run`: what it would change, nothing written).
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ import typer
 
 if TYPE_CHECKING:
     from image_grouping.bootstrap import Adapters
+    from image_grouping.handlers.people import PeopleDeps
+    from image_grouping.handlers.ports import Outcome
+    from image_grouping.models.messages import EventData
 
-persons_app = typer.Typer(help="Persons: list, show, suggest merges.", no_args_is_help=True)
-faces_app = typer.Typer(
-    help="Faces: those without a person, with the person each probably is.", no_args_is_help=True
+persons_app = typer.Typer(
+    help="Persons: list, show, suggest merges; rename, merge, hide, unhide, forget.", no_args_is_help=True
 )
-images_app = typer.Typer(help="Photos: those showing given persons.", no_args_is_help=True)
+faces_app = typer.Typer(
+    help="Faces: those without a person (with the person each probably is); assign, reject.",
+    no_args_is_help=True,
+)
+images_app = typer.Typer(help="Photos: those showing given persons; delete one.", no_args_is_help=True)
 
 T = TypeVar("T")
 
@@ -34,6 +41,8 @@ Offset = Annotated[int, typer.Option(min=0, help="Skip this many first.")]
 Limit = Annotated[int | None, typer.Option(min=1, help="At most this many (default: all).")]
 # A query writes nothing anyway; with --dry-run it does not even bring the schema up to date first.
 ReadOnly = Annotated[bool, typer.Option("--dry-run", help="Read only: leave the schema as it is.")]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Say what would change; write nothing.")]
+PersonId = Annotated[int, typer.Argument(help="The person's id.")]
 
 
 def run_people_command(
@@ -56,6 +65,60 @@ def run_people_command(
     except BadInputError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(2) from None
+
+
+def run_edit(
+    db: str | None,
+    dry_run: bool,
+    command: Callable[[Adapters], Awaitable[EventData]],
+    handle: Callable[[list[Any], PeopleDeps], Awaitable[list[Outcome]]],
+) -> None:
+    """Build the command (it may look ids up), run its handler, print what changed; a refusal is one line
+    on stderr and exit status 2."""
+
+    async def work(adapters: Adapters) -> list[EventData]:
+        (outcome,) = await handle([await command(adapters)], adapters.people_deps())
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    events = run_people_command(db, work, dry_run=dry_run)
+    prefix = "dry run, nothing written: " if dry_run else ""
+    for line in _describe(events) or ["nothing changed"]:
+        typer.echo(prefix + line)
+
+
+def _describe(events: list[EventData]) -> list[str]:
+    """One line per change the events announce."""
+    from image_grouping.models.messages import FacesDeleted, PersonForgotten, PersonsUpdated
+
+    lines: list[str] = []
+    for event in events:
+        if isinstance(event, PersonsUpdated):
+            changes = event.changes
+            lines += [f"person {person} created" for person in changes.get("created", [])]
+            lines += [f"person {source} merged into {target}" for source, target in changes.get("merged", [])]
+            lines += [f"person {person} renamed" for person in changes.get("renamed", [])]
+            lines += [f"person {person} hidden" for person in changes.get("hidden", [])]
+            lines += [f"person {person} shown" for person in changes.get("shown", [])]
+            lines += [f"person {person} has a new cover" for person in changes.get("cover_changed", [])]
+            moved = changes.get("faces", [])
+            if changes.get("merged"):  # every face of the sources: counted, not listed
+                lines.append(f"{len(moved)} faces moved")
+            else:
+                lines += [
+                    f"face {face['face_id']}: person {face['before']} -> {face['after']}" for face in moved
+                ]
+            lines += [
+                f"face {each['face_id']} is not person {each['person_id']}"
+                for each in changes.get("refused", [])
+            ]
+            lines += [f"person {person} deleted" for person in changes.get("deleted", [])]
+        elif isinstance(event, PersonForgotten):
+            lines.append(f"person {event.person_id} forgotten: {len(event.face_ids)} faces erased")
+        elif isinstance(event, FacesDeleted):
+            lines.append(f"photo deleted: {len(event.face_ids)} faces removed")
+    return lines
 
 
 def _print_json(views: Any) -> None:
@@ -155,7 +218,126 @@ def persons_suggest_merges(
         typer.echo(f"{pair.similarity:>10.3f} {pair.person_a:>8} {pair.person_b:>8}  {names}")
 
 
+@persons_app.command("rename")
+def persons_rename(
+    person_id: PersonId,
+    name: Annotated[str | None, typer.Argument(help="The new name.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Clear the name instead.")] = False,
+    db: DatabaseUrl = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Name a person (or clear its name with --clear)."""
+    from image_grouping.handlers.people import handle_rename_person
+    from image_grouping.models.messages import RenamePerson
+
+    if (name is None) != clear:
+        typer.echo("give a NAME, or --clear to clear the name", err=True)
+        raise typer.Exit(2)
+    run_edit(db, dry_run, _given(RenamePerson(person_id=person_id, name=name)), handle_rename_person)
+
+
+@persons_app.command("merge")
+def persons_merge(
+    target_id: Annotated[int, typer.Argument(help="The person that stays.")],
+    source_ids: Annotated[list[int], typer.Argument(help="Persons whose faces join it; they are deleted.")],
+    db: DatabaseUrl = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Merge persons into TARGET (its name wins, else the first named source's)."""
+    from image_grouping.handlers.people import handle_merge_persons
+    from image_grouping.models.messages import MergePersons
+
+    run_edit(
+        db, dry_run, _given(MergePersons(target_id=target_id, source_ids=source_ids)), handle_merge_persons
+    )
+
+
+@persons_app.command("hide")
+def persons_hide(person_id: PersonId, db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
+    """Hide a person from the People view (grouping goes on)."""
+    _set_hidden(person_id, True, db, dry_run)
+
+
+@persons_app.command("unhide")
+def persons_unhide(person_id: PersonId, db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
+    """Show a hidden person again."""
+    _set_hidden(person_id, False, db, dry_run)
+
+
+def _set_hidden(person_id: int, hidden: bool, db: str | None, dry_run: bool) -> None:
+    from image_grouping.handlers.people import handle_set_person_hidden
+    from image_grouping.models.messages import SetPersonHidden
+
+    command = SetPersonHidden(person_id=person_id, hidden=hidden)
+    run_edit(db, dry_run, _given(command), handle_set_person_hidden)
+
+
+@persons_app.command("cover")
+def persons_cover(
+    person_id: PersonId,
+    face_id: Annotated[int, typer.Argument(help="One of the person's faces.")],
+    db: DatabaseUrl = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Make one of the person's faces its cover."""
+    from image_grouping.handlers.people import handle_choose_cover
+    from image_grouping.models.messages import ChooseCover
+
+    run_edit(db, dry_run, _given(ChooseCover(person_id=person_id, face_id=face_id)), handle_choose_cover)
+
+
+@persons_app.command("forget")
+def persons_forget(person_id: PersonId, db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
+    """Erase a person: its faces' embeddings and thumbnails, and its name (a tombstone per face keeps
+    re-analysis from learning them again)."""
+    from image_grouping.handlers.people import handle_forget_person
+    from image_grouping.models.messages import ForgetPerson
+
+    run_edit(db, dry_run, _given(ForgetPerson(person_id=person_id)), handle_forget_person)
+
+
+def _given(command: EventData) -> Callable[[Adapters], Awaitable[EventData]]:
+    async def given(_adapters: Adapters) -> EventData:
+        return command
+
+    return given
+
+
 # --- faces -----------------------------------------------------------------------------------------------
+
+
+@faces_app.command("assign")
+def faces_assign(
+    face_id: Annotated[int, typer.Argument(help="The face's id.")],
+    person: Annotated[str, typer.Argument(help="A person's id, or `new` for a new person.")],
+    db: DatabaseUrl = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Put a face into a person (or a new one) for good: grouping never moves it again."""
+    from image_grouping.handlers.people import handle_assign_face
+    from image_grouping.models.messages import AssignFace
+
+    if person != "new" and not person.isdigit():
+        typer.echo(f"not a person id nor `new`: {person!r}", err=True)
+        raise typer.Exit(2)
+    command = AssignFace(face_id=face_id, person_id=None if person == "new" else int(person))
+    run_edit(db, dry_run, _given(command), handle_assign_face)
+
+
+@faces_app.command("reject")
+def faces_reject(
+    face_id: Annotated[int, typer.Argument(help="The face's id.")],
+    person: Annotated[
+        int | None, typer.Option("--person", help="The person it is not (default: its own).")
+    ] = None,
+    db: DatabaseUrl = None,
+    dry_run: DryRun = False,
+) -> None:
+    """ "Not this person": the face leaves its person and never goes back."""
+    from image_grouping.handlers.people import handle_reject_face
+    from image_grouping.models.messages import RejectFace
+
+    run_edit(db, dry_run, _given(RejectFace(face_id=face_id, person_id=person)), handle_reject_face)
 
 
 @faces_app.command("unassigned")
@@ -218,3 +400,28 @@ def images_with_persons(
     for photo in photos:
         size = f"{photo.width}x{photo.height}" if photo.width else "-"
         typer.echo(f"{photo.id:>8} {size:>11}  {photo.path}")
+
+
+@images_app.command("delete")
+def images_delete(
+    image: Annotated[str, typer.Argument(help="The photo's id (as listed), the uploader's id, or its path.")],
+    db: DatabaseUrl = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Delete a photo's faces, embeddings and thumbnails (persons left without faces go unless named)."""
+    from image_grouping.errors import UnknownImageError
+    from image_grouping.handlers.people import handle_image_deleted
+    from image_grouping.models.messages import ImageDeleted
+
+    async def command(adapters: Adapters) -> ImageDeleted:
+        """The database id the listings show first, then the uploader's id, then a stored path."""
+        async with adapters.unit_of_work() as uow:
+            if image.isdigit() and (found := await uow.views.image(int(image))) is not None:
+                return ImageDeleted(path=found.path)
+            if await uow.images.find(image, None):
+                return ImageDeleted(image_id=image)
+            if await uow.images.find(None, image):
+                return ImageDeleted(path=image)
+        raise UnknownImageError(f"no photo with id or path {image}")
+
+    run_edit(db, dry_run, command, handle_image_deleted)

@@ -79,7 +79,8 @@ async def _each(
                 done = await carry_out(command, uow, deps)
                 await uow.commit()
         except BadInputError as error:
-            log.info(
+            # Debug: the consumer logs the dead-lettering, the CLI prints the one line.
+            log.debug(
                 "people command refused", command=command.event_type, reason=error.reason, error=str(error)
             )
             outcomes.append(error)

@@ -74,6 +74,7 @@ class Bus:
     connection: AbstractRobustConnection
     detected: dict[str, list[dict]] = field(default_factory=dict)
     persons_updated: list[dict] = field(default_factory=list)
+    announced: list[tuple[str, dict]] = field(default_factory=list)  # person.forgotten, faces.deleted
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def start(self) -> None:
@@ -84,6 +85,8 @@ class Bus:
         observer = await self.channel.declare_queue(exclusive=True, auto_delete=True)
         await observer.bind(self.exchange, "faces.detected")
         await observer.bind(self.exchange, "persons.updated")
+        await observer.bind(self.exchange, "person.forgotten")
+        await observer.bind(self.exchange, "faces.deleted")
         await observer.consume(self._on_event, no_ack=True)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
@@ -91,6 +94,8 @@ class Bus:
         async with self._arrived:
             if message.routing_key == "persons.updated":
                 self.persons_updated.append(data)
+            elif message.routing_key in ("person.forgotten", "faces.deleted"):
+                self.announced.append((message.routing_key, data))
             else:
                 self.detected.setdefault(data["image_id"], []).append(data)
             self._arrived.notify_all()

@@ -1,0 +1,190 @@
+"""The people's edits and deletions through the CLI, on SQLite and PostgreSQL: each command changes what
+it says and prints it, `--dry-run` writes nothing, bad input is one line and exit 2. In process (typer's
+runner): a console script's start-up costs seconds each on a loaded machine; tests/test_cli.py runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from image_grouping.bootstrap import bootstrap
+from image_grouping.cli import app
+from image_grouping.config import load_settings
+from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
+from image_grouping.storage.database import async_url, engine_for_url
+from image_grouping.storage.schema import cannot_links, faces, images, persons
+
+BOXES = [(10.0, 10.0, 110.0, 130.0), (300.0, 40.0, 380.0, 140.0), (600.0, 200.0, 660.0, 270.0)]
+
+
+def _face(box: tuple[float, float, float, float], seed: int) -> DetectedFace:
+    embedding = np.random.default_rng(seed).standard_normal(64).astype(np.float32)
+    return DetectedFace(
+        box=box,
+        landmarks=np.zeros((5, 2), np.float32),
+        quality=FaceQuality(det_score=0.9, size_px=80.0, sharpness=50.0, yaw=0.0, pose="frontal"),
+        embedding=embedding / np.linalg.norm(embedding),
+        thumbnail_jpeg=b"jpeg %d" % seed,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'people.sqlite3'}"
+    return str(request.getfixturevalue("fresh_postgres_url"))
+
+
+def _environment(tmp_path: Path) -> dict[str, str]:
+    return {"SYSTEM_STORAGE": str(tmp_path / "data"), "LOG_ROOT": str(tmp_path / "logs")}
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(tmp_path: Path, *arguments: str) -> Result:
+    environment: dict[str, str | None] = {"DATABASE_URL": None, "SQL_CONNECTION_STRING": None}
+    result = CliRunner().invoke(app, list(arguments), env=environment | _environment(tmp_path))
+    return Result(result.exit_code, result.stdout, result.stderr)
+
+
+def _library(database: str, tmp_path: Path) -> tuple[list[list[int]], list[int]]:
+    """Three photos of three faces, with thumbnail files; person i holds the faces at position i."""
+    settings = load_settings(
+        database_url=database, system_storage=tmp_path / "data", log_root=tmp_path / "logs"
+    )
+
+    async def store() -> tuple[list[list[int]], list[int]]:
+        async with bootstrap(settings) as adapters, adapters.unit_of_work() as uow:
+            face_ids = []
+            for n in range(3):
+                image = await uow.images.get_or_create(f"upload-{n}", f"//nas/photos/{n}.jpg")
+                analysis = ImageAnalysis(
+                    1000, 800, settings.model_pack, [_face(box, 10 * n + i) for i, box in enumerate(BOXES)]
+                )
+                paths = adapters.thumbnails.save_faces(image.id, analysis)
+                face_ids.append(
+                    await uow.save_analysis(
+                        image.id, hashlib.sha256(b"%d" % n).hexdigest(), 1, analysis, paths
+                    )
+                )
+            person_ids = [await uow.persons.create(cover_face_id=face_ids[0][i]) for i in range(3)]
+            await uow.faces.set_persons({face_ids[n][i]: person_ids[i] for n in range(3) for i in range(3)})
+            await uow.commit()
+            return face_ids, person_ids
+
+    return asyncio.run(store())
+
+
+def _rows(database: str, query: Any) -> list[Any]:
+    async def read() -> list[Any]:
+        engine = engine_for_url(async_url(database))
+        try:
+            async with engine.connect() as connection:
+                return list((await connection.execute(query)).all())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
+
+
+def test_every_edit_through_the_cli(database: str, tmp_path: Path) -> None:
+    face_ids, (alice, bob, carol) = _library(database, tmp_path)
+
+    def edit(*arguments: str) -> str:
+        result = run_cli(tmp_path, *arguments, "--db", database)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def name_of(person: int) -> Any:
+        return _rows(database, select(persons.c.name, persons.c.hidden).where(persons.c.id == person))
+
+    dry = edit("persons", "rename", str(alice), "Alice", "--dry-run")
+    assert dry == f"dry run, nothing written: person {alice} renamed"
+    assert name_of(alice)[0].name is None
+    assert edit("persons", "rename", str(alice), "Alice") == f"person {alice} renamed"
+    assert edit("persons", "rename", str(alice), "Alice") == "nothing changed"
+    assert name_of(alice)[0].name == "Alice"
+    assert edit("persons", "hide", str(bob)) == f"person {bob} hidden"
+    assert name_of(bob)[0].hidden
+    assert edit("persons", "unhide", str(bob)) == f"person {bob} shown"
+    moved = face_ids[1][2]
+    assert edit("faces", "assign", str(moved), str(bob)) == f"face {moved}: person {carol} -> {bob}"
+    assert _rows(database, select(faces.c.person_id, faces.c.assigned_by).where(faces.c.id == moved)) == [
+        (bob, "manual")
+    ]
+    alone = edit("faces", "assign", str(face_ids[2][2]), "new").splitlines()
+    assert alone[0].startswith("person ")
+    assert alone[0].endswith(" created")
+    rejected = face_ids[1][1]
+    assert edit("faces", "reject", str(rejected)).splitlines() == [
+        f"face {rejected}: person {bob} -> None",
+        f"face {rejected} is not person {bob}",
+    ]
+    assert _rows(database, select(cannot_links.c.person_id).where(cannot_links.c.face_id == rejected)) == [
+        (bob,)
+    ]
+    assert edit("persons", "merge", str(alice), str(carol)).splitlines() == [
+        f"person {carol} merged into {alice}",
+        "1 faces moved",
+        f"person {carol} deleted",
+    ]
+    assert edit("persons", "cover", str(alice), str(face_ids[0][2])) == f"person {alice} has a new cover"
+
+    assert edit("persons", "forget", str(alice), "--dry-run").startswith("dry run, nothing written: ")
+    assert name_of(alice)
+    thumbnails = sorted((tmp_path / "data").rglob("*.jpg"))
+    assert len(thumbnails) == 9
+    forgotten = edit("persons", "forget", str(alice)).splitlines()
+    assert forgotten == [f"person {alice} deleted", f"person {alice} forgotten: 4 faces erased"]
+    assert name_of(alice) == []
+    assert len(sorted((tmp_path / "data").rglob("*.jpg"))) == 5
+
+    image_ids = [row.id for row in _rows(database, select(images.c.id).order_by(images.c.id))]
+    assert edit("images", "delete", str(image_ids[2])).splitlines()[0] == "photo deleted: 2 faces removed"
+    assert edit("images", "delete", "upload-1").splitlines()[0] == "photo deleted: 2 faces removed"
+    assert edit("images", "delete", "//nas/photos/0.jpg").splitlines()[0] == "photo deleted: 1 faces removed"
+    assert _rows(database, select(faces.c.id)) == []
+    assert sorted((tmp_path / "data").rglob("*.jpg")) == []
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["persons", "rename", "999999", "X"], "no person with id 999999"),
+        (["persons", "rename", "{alice}", " "], "a name cannot be blank (clear it with no name instead)"),
+        (["persons", "rename", "{alice}"], "give a NAME, or --clear to clear the name"),
+        (["persons", "merge", "{alice}", "{alice}"], "person {alice} cannot be merged into itself"),
+        (["persons", "merge", "{alice}", "999999"], "no person with id 999999"),
+        (["persons", "hide", "999999"], "no person with id 999999"),
+        (["persons", "forget", "999999"], "no person with id 999999"),
+        (
+            ["persons", "cover", "{alice}", "{bobs_face}"],
+            "face {bobs_face} is not one of person {alice}'s faces",
+        ),
+        (["faces", "assign", "999999", "new"], "no face with id 999999"),
+        (["faces", "assign", "{bobs_face}", "someone"], "not a person id nor `new`: 'someone'"),
+        (["faces", "reject", "{bobs_face}", "--person", "999999"], "no person with id 999999"),
+        (["images", "delete", "//nas/photos/none.jpg"], "no photo with id or path //nas/photos/none.jpg"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(arguments: list[str], message: str, tmp_path: Path) -> None:
+    database = f"sqlite:///{tmp_path / 'people.sqlite3'}"
+    face_ids, (alice, _, _) = _library(database, tmp_path)
+    values = {"alice": alice, "bobs_face": face_ids[0][1]}
+    result = run_cli(tmp_path, *(argument.format(**values) for argument in arguments), "--db", database)
+    assert result.returncode == 2
+    assert result.stderr.strip() == message.format(**values)
+    assert _rows(database, select(persons.c.name).where(persons.c.name.is_not(None))) == []
