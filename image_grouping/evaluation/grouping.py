@@ -5,8 +5,8 @@ Each labelled image is analysed by the production pipeline and the face nearest 
 work, fed in a shuffled order through incremental assignment in batches (as `faces.detected` messages
 arrive), then a full recluster runs; both states are scored. Unassigned faces count as singletons.
 
-The analysed faces are cached in `.bench/` (keyed by pack and file list), so tuning never re-runs the
-several-minute analysis.
+The analysed faces are cached in `.bench/` (keyed by pack, file list and the files' contents), so tuning
+never re-runs the several-minute analysis.
 """
 
 from __future__ import annotations
@@ -69,8 +69,9 @@ class GroupingEvaluation:
         return json.dumps(asdict(self), indent=2)
 
 
-def clustering_scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """BCubed and pairwise precision/recall/F1, share assigned, person count; -1 (unassigned): a singleton."""
+def _contingency(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(true sizes, found sizes, joint sizes, per face: its identity's size, its group's size, the faces
+    sharing both); -1 (unassigned): a singleton."""
     truth, predicted = np.asarray(truth), np.asarray(predicted, np.int64).copy()
     loose = predicted < 0
     predicted[loose] = predicted.max(initial=0) + 1 + np.arange(loose.sum())
@@ -82,9 +83,30 @@ def clustering_scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, flo
         return_counts=True,
     )
     true_sizes, found_sizes = np.bincount(true_cluster), np.bincount(found_cluster)
-    both = joint_sizes[joint]
-    bcubed_precision = float(np.mean(both / found_sizes[found_cluster]))
-    bcubed_recall = float(np.mean(both / true_sizes[true_cluster]))
+    return (
+        true_sizes,
+        found_sizes,
+        joint_sizes,
+        true_sizes[true_cluster],
+        found_sizes[found_cluster],
+        joint_sizes[joint],
+    )
+
+
+def bcubed_per_face(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each face's BCubed precision and recall (their means are the scores): for scores over a subset of
+    the faces (say, one kind of degraded photo) within one grouping of them all."""
+    *_, identity_size, group_size, both = _contingency(truth, predicted)
+    return both / group_size, both / identity_size
+
+
+def clustering_scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """BCubed and pairwise precision/recall/F1, share assigned, person count; -1 (unassigned): a singleton."""
+    predicted = np.asarray(predicted, np.int64)
+    loose = predicted < 0
+    true_sizes, found_sizes, joint_sizes, identity_size, group_size, both = _contingency(truth, predicted)
+    bcubed_precision = float(np.mean(both / group_size))
+    bcubed_recall = float(np.mean(both / identity_size))
 
     def pairs(sizes: np.ndarray) -> float:
         return float((sizes * (sizes - 1) / 2).sum())
@@ -142,7 +164,7 @@ def load_labelled_faces(
     with labels.open(newline="") as file:
         rows = [(row["path"], row["label"]) for row in csv.DictReader(file)]
     rows = rows[:limit] if limit is not None else rows
-    key = hashlib.sha256("\n".join(f"{path},{label}" for path, label in rows).encode()).hexdigest()[:16]
+    key = _cache_key(images, rows)
     cache = CACHE_DIR / f"grouping-{settings.model_pack}-{key}.npz"
     if cache.exists():
         with np.load(cache) as stored:
@@ -151,6 +173,17 @@ def load_labelled_faces(
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, **asdict(faces))
     return faces
+
+
+def _cache_key(images: Path, rows: list[tuple[str, str]]) -> str:
+    """Paths, labels and each file's bytes: a folder rebuilt with other pixels (bench/degraded.py) never
+    reuses the analyses of the old ones."""
+    digest = hashlib.sha256()
+    for path, label in rows:
+        digest.update(f"{path},{label}\n".encode())
+        file = images / path
+        digest.update(hashlib.sha256(file.read_bytes()).digest() if file.is_file() else b"missing")
+    return digest.hexdigest()[:16]
 
 
 def _from_npz(stored: np.lib.npyio.NpzFile) -> LabelledFaces:
@@ -203,9 +236,33 @@ def _nearest_centre(analysis: ImageAnalysis) -> DetectedFace | None:
     return min(analysis.faces, key=distance)
 
 
+@dataclass(frozen=True)
+class ServiceGrouping:
+    """Each face's person (-1: none) after the incremental assignment and after the recluster."""
+
+    incremental: np.ndarray
+    recluster: np.ndarray
+    incremental_seconds: float
+    recluster_seconds: float
+
+
 async def _group_as_the_service(settings: Settings, faces: LabelledFaces, seed: int) -> GroupingEvaluation:
+    grouped = await group_as_the_service(settings, faces, seed)
+    return GroupingEvaluation(
+        model_pack=settings.model_pack,
+        faces=len(faces),
+        images_without_face=faces.images_without_face,
+        incremental=clustering_scores(faces.labels, grouped.incremental),
+        recluster=clustering_scores(faces.labels, grouped.recluster),
+        incremental_seconds=grouped.incremental_seconds,
+        recluster_seconds=grouped.recluster_seconds,
+    )
+
+
+async def group_as_the_service(settings: Settings, faces: LabelledFaces, seed: int) -> ServiceGrouping:
     """The faces arrive in a shuffled order, in `faces.detected` batches, through the service's own
-    grouping handlers (on a temporary SQLite database); then one recluster."""
+    grouping handlers (on a temporary SQLite database, with the settings' grouping parameters); then one
+    recluster."""
     from image_grouping.bootstrap import bootstrap
     from image_grouping.handlers.recognition import handle_faces_detected, handle_recluster_requested
 
@@ -233,15 +290,7 @@ async def _group_as_the_service(settings: Settings, faces: LabelledFaces, seed: 
             await handle_recluster_requested([ReclusterRequested(model_pack=pack, reason="eval")], deps)
             recluster_seconds = time.perf_counter() - started
             reclustered = await _persons_of(adapters.unit_of_work, pack, face_ids)
-    return GroupingEvaluation(
-        model_pack=pack,
-        faces=len(faces),
-        images_without_face=faces.images_without_face,
-        incremental=clustering_scores(faces.labels, incremental),
-        recluster=clustering_scores(faces.labels, reclustered),
-        incremental_seconds=incremental_seconds,
-        recluster_seconds=recluster_seconds,
-    )
+    return ServiceGrouping(incremental, reclustered, incremental_seconds, recluster_seconds)
 
 
 async def store_labelled_faces(
