@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DIR ?= ../shared/eval/groups
 
-.PHONY: setup system-packages scan test lint
+.PHONY: setup system-packages scan serve test lint
 
 $(BIN)/image-grouping: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ system-packages:
 # Analyse a folder of photos into the embedded SQLite database, group the faces, write the gallery.
 scan: setup
 	$(BIN)/image-grouping scan "$(DIR)"
+	@echo "See and correct the persons in your browser: make serve, then open http://127.0.0.1:8000/"
+
+# The People web app on http://127.0.0.1:8000/ (API docs at /docs); Ctrl-C stops it.
+serve: setup
+	$(BIN)/image-grouping serve
 
 lint: setup
 	$(BIN)/ruff check .

@@ -287,6 +287,60 @@ def report(
     typer.echo(str(asyncio.run(run())))
 
 
+LOOPBACK_HOSTS = {"localhost"}
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host in LOOPBACK_HOSTS
+
+
+@app.command()
+def serve(
+    db: DatabaseUrl = None,
+    library: Annotated[
+        str,
+        typer.Option(
+            help="The library to serve. Only the default library exists for now (libraries are a later "
+            "issue): any name serves it."
+        ),
+    ] = "default",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; beyond 127.0.0.1 it needs API_TOKEN.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the People web app and its HTTP API (OpenAPI at /docs): see and correct the persons."""
+    settings = _settings(database_url=db)
+    if not _is_loopback(host) and settings.api_token is None:
+        typer.echo(
+            f"API_TOKEN: required to listen on {host} (anyone who reaches it could read and change the "
+            "persons); set it, or listen on 127.0.0.1",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if library != "default":
+        typer.echo(f"--library {library}: libraries are not there yet; serving the default library", err=True)
+    import uvicorn
+
+    from image_grouping.bootstrap import bootstrap
+    from image_grouping.web import create_app
+
+    async def check() -> None:  # a database that cannot be used is one line here, not a server's traceback
+        async with bootstrap(settings):
+            pass
+
+    asyncio.run(check())
+
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(f"People web app: http://{shown}:{port}/  (API: http://{shown}:{port}/docs; Ctrl-C stops it)")
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+
+
 def _progress(total: int, description: str) -> tqdm:
     """A progress bar on a terminal; nothing when stderr is a file or a pipe (logs, JSON output)."""
     from tqdm import tqdm

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that may hold a password: never echoed back in an error.
-_SECRET_VARIABLES = {"SQL_CONNECTION_STRING", "DATABASE_URL", "RABBITMQ_URL", "MSSQL_URL"}
+_SECRET_VARIABLES = {"SQL_CONNECTION_STRING", "DATABASE_URL", "RABBITMQ_URL", "MSSQL_URL", "API_TOKEN"}
 
 
 class SettingsError(RuntimeError):
@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     )
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Prometheus metrics port; unset disables them."
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the web app (serve) requires on every request; needed off 127.0.0.1.",
     )
 
     # --- Logging ------------------------------------------------------------------------------------

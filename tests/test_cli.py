@@ -39,6 +39,7 @@ COMMANDS = [
     ["recluster"],
     ["migrate"],
     ["report"],
+    ["serve"],
     ["healthcheck"],
     ["eval", "detection"],
     ["eval", "grouping"],

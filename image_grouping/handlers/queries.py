@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from image_grouping.errors import InvalidCommandError, UnknownImageError, UnknownPersonError
+from image_grouping.errors import InvalidCommandError, UnknownFaceError, UnknownImageError, UnknownPersonError
 from image_grouping.grouping.suggestions import (
     CENTROID_FACES,
     FACE_SUGGESTION_SIMILARITY,
@@ -178,3 +178,21 @@ async def _person(uow: UnitOfWork, person_id: int) -> PersonSummary:
 async def _centroids(uow: UnitOfWork, params: SuggestionParams) -> Centroids:
     person_ids, embeddings = await uow.views.person_samples(params.model_pack, params.centroid_faces)
     return centroids(person_ids, embeddings)
+
+
+async def face_thumbnail(unit_of_work: UnitOfWorkFactory, face_id: int) -> str | None:
+    """The stored path of a face's thumbnail (relative to SYSTEM_STORAGE), None when it has none."""
+    async with unit_of_work() as uow:
+        face = (await uow.faces.get([face_id])).get(face_id)
+    if face is None:
+        raise UnknownFaceError(f"no face with id {face_id}")
+    return face.thumbnail_path
+
+
+async def photo_path(unit_of_work: UnitOfWorkFactory, image_id: int) -> str:
+    """A photo's path as stored (the uploader's, or the local path a scan read)."""
+    async with unit_of_work() as uow:
+        image = await uow.views.image(image_id)
+    if image is None:
+        raise UnknownImageError(f"no image with id {image_id}")
+    return image.path

@@ -1,0 +1,145 @@
+"""The People web app: the HTTP API under /api (OpenAPI at /docs) and the browser pages, one process.
+
+`create_app(settings)` bootstraps the real adapters when the app starts (the schema brought up to date, as
+every entry point does) and closes them when it stops. The HTTP layer is thin: an endpoint calls one
+handler or query of image_grouping.handlers; a refusal (BadInputError) becomes a 4xx answer with its
+message and reason: an unknown id 404, an invalid command 422, a model pack mismatch 409.
+
+With API_TOKEN set, every /api request and every page needs it: as `Authorization: Bearer <token>`
+(API clients), or as the cookie the sign-in page sets (the browser, whose <img> requests carry no header).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from image_grouping.config import Settings
+from image_grouping.errors import (
+    BadInputError,
+    ImageNotFoundError,
+    ImagePathError,
+    InvalidCommandError,
+    ModelPackMismatchError,
+    UnknownFaceError,
+    UnknownImageError,
+    UnknownPersonError,
+)
+
+HERE = Path(__file__).resolve().parent
+TOKEN_COOKIE = "image_grouping_token"
+
+templates = Jinja2Templates(directory=HERE / "templates")
+_bearer = HTTPBearer(auto_error=False, description="API_TOKEN, when the server was started with one.")
+
+
+class NotSignedIn(Exception):
+    """A page was asked for without the token: the browser goes to the sign-in page."""
+
+
+class Unauthorized(Exception):
+    """An /api request without the token: 401."""
+
+
+def status_of(error: BadInputError) -> int:
+    """The HTTP status of a refusal."""
+    if isinstance(error, UnknownPersonError | UnknownFaceError | UnknownImageError | ImageNotFoundError):
+        return 404
+    if isinstance(error, ImagePathError):
+        return 403
+    if isinstance(error, ModelPackMismatchError):
+        return 409
+    if isinstance(error, InvalidCommandError):
+        return 422
+    return 400
+
+
+def _token_matches(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _signed_in(request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
+    expected = request.app.state.token
+    if expected is None:
+        return True
+    given = credentials.credentials if credentials is not None else request.cookies.get(TOKEN_COOKIE)
+    return _token_matches(given, expected)
+
+
+async def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """The /api guard: 401 without the right token (when there is one)."""
+    if not _signed_in(request, credentials):
+        raise Unauthorized
+
+
+async def require_sign_in(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """The pages' guard: without the right token, the sign-in page."""
+    if not _signed_in(request, credentials):
+        raise NotSignedIn
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The app over the database and storage `settings` name (the adapters are built when it starts)."""
+    from image_grouping.bootstrap import bootstrap
+    from image_grouping.web import api, pages
+    from image_grouping.web.files import WebFiles
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with bootstrap(settings, local_files=True) as adapters:
+            app.state.adapters = adapters
+            app.state.files = WebFiles(settings, adapters.files)
+            yield
+
+    app = FastAPI(
+        title="image-grouping People",
+        summary="See and correct the persons found in the photos: the People view's HTTP API.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
+
+    @app.exception_handler(BadInputError)
+    async def refused(request: Request, error: BadInputError) -> Response:
+        status = status_of(error)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": str(error), "reason": error.reason}, status_code=status)
+        return templates.TemplateResponse(
+            request, "error.html.j2", {"message": str(error), "status": status}, status_code=status
+        )
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, error: Unauthorized) -> Response:
+        return JSONResponse(
+            {"detail": "a valid bearer token (API_TOKEN) is required", "reason": "unauthorized"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.exception_handler(NotSignedIn)
+    async def not_signed_in(request: Request, error: NotSignedIn) -> Response:
+        return RedirectResponse("/sign-in", status_code=303)
+
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("image-grouping")

@@ -1,0 +1,285 @@
+"""The People web app in a real Chromium (Debian's, driven by Playwright): real LFW photos scanned by
+`image-grouping scan`, then through the pages alone a person is renamed, two persons are merged, a face is
+moved to another person, a face is rejected ("not this person"), a face is split off into a new person and
+the merge suggestion that follows is accepted, and a person is forgotten after its confirmation step.
+The database is then checked, and again after a recluster, which must keep every edit.
+
+The screenshots of the persons grid and of a person page in docs/ (shown by the README) are taken here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, select
+
+from image_grouping.config import load_settings
+from image_grouping.storage.schema import cannot_links, faces, persons
+from image_grouping.web import create_app
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO_ROOT / "docs"
+# Five people with 8-9 photos each, and three people with one photo (faces nobody else has).
+PEOPLE = ["Vaclav_Havel", "Hugh_Grant", "Sheryl_Crow", "Robert_Redford", "Colin_Farrell"]
+LONERS = ["Aaron_Eckhart", "Adelina_Avila", "Alanna_Ubach"]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="chromium is not installed (scripts/install-system-packages)"
+    ),
+]
+
+
+@dataclass
+class Server:
+    url: str
+    root: Path
+    database: str
+
+    def rows(self, query: Any) -> list[Any]:
+        # A plain (synchronous) engine: Playwright's sync API keeps an event loop running in this thread.
+        engine = create_engine(self.database)
+        try:
+            with engine.connect() as connection:
+                return list(connection.execute(query).all())
+        finally:
+            engine.dispose()
+
+    def persons(self) -> dict[int, tuple[str | None, int]]:
+        """Each person's name and face count."""
+        counts: dict[int, int] = {}
+        for (person,) in self.rows(select(faces.c.person_id).where(faces.c.person_id.is_not(None))):
+            counts[person] = counts.get(person, 0) + 1
+        return {row.id: (row.name, counts.get(row.id, 0)) for row in self.rows(select(persons))}
+
+    def faces_of(self, person: int) -> list[int]:
+        return sorted(row.id for row in self.rows(select(faces.c.id).where(faces.c.person_id == person)))
+
+    def person_of(self, face: int) -> tuple[int | None, str]:
+        (row,) = self.rows(select(faces.c.person_id, faces.c.assigned_by).where(faces.c.id == face))
+        return row.person_id, row.assigned_by
+
+
+def command(root: Path, *arguments: str) -> None:
+    """The console script, as a user runs it (its own process, with its own logging)."""
+    environment = os.environ | {"SYSTEM_STORAGE": str(root / "data"), "LOG_ROOT": str(root / "logs")}
+    environment.pop("DATABASE_URL", None)
+    script = Path(sys.executable).with_name("image-grouping")
+    done = subprocess.run([script, *arguments], env=environment, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _photos(eval_dir: Path, folder: Path) -> Path:
+    """A folder of links to the chosen LFW photos (the evaluation set is read, never copied)."""
+    folder.mkdir()
+    for person in PEOPLE + LONERS:
+        for photo in sorted((eval_dir / "identity" / person).glob("*.jpg"))[: 9 if person in PEOPLE else 1]:
+            (folder / photo.name).symlink_to(photo)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(eval_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("web-browser")
+    database = f"sqlite:///{root / 'people.sqlite3'}"
+    command(root, "scan", str(_photos(eval_dir, root / "photos")), "--db", database, "--no-report")
+    settings = load_settings(database_url=database, system_storage=root / "data", log_root=root / "logs")
+    port = _free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not running.started:
+        assert thread.is_alive(), "the web app stopped"
+        assert time.monotonic() < deadline, "the web app did not start"
+        time.sleep(0.05)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", root, database)
+    finally:
+        running.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors == [], f"the pages' script failed: {errors}"
+
+
+def said(page: Any, text: str) -> None:
+    """The page's status line says `text` (the edit's answer came back)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#status")).to_have_text(text)
+    assert "error" not in (page.locator("#status").get_attribute("class") or "")
+
+
+def test_correcting_persons_in_the_browser(server: Server, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    before = server.persons()
+    by_size = sorted((person for person in before if before[person][1] >= 3), key=lambda p: -before[p][1])
+    assert len(by_size) >= 4, f"the scan should find the five people: {before}"
+    alice, halved, receiver, forgotten = by_size[:4]
+    alice_faces = server.faces_of(alice)
+    moved, rejected, split = alice_faces[-1], alice_faces[-2], alice_faces[-3]
+
+    # The grid: every person with a cover whose thumbnail loaded, largest first while none is named.
+    page.goto(server.url + "/")
+    cards = page.locator(".card[data-person-id]")
+    expect(cards.first).to_be_visible()
+    assert int(cards.first.get_attribute("data-person-id")) == by_size[0]
+    assert page.locator(".card .name.unnamed").first.inner_text() == "Unnamed"
+
+    # Rename, inline on the person's page.
+    page.locator(f'.card[data-person-id="{alice}"] a.cover').click()
+    expect(page).to_have_url(f"{server.url}/persons/{alice}")
+    page.fill("#name", "Alice Example")
+    page.click("text=Save name")
+    said(page, "Name saved.")
+    assert server.persons()[alice][0] == "Alice Example"
+
+    # Move a face to another person, picked from the list the dialog offers.
+    page.reload()
+    page.check(f'[data-face-id="{moved}"] [data-select-face]')
+    page.click("[data-action=move-selected]")
+    page.fill("#move-target", f"Unnamed #{receiver}")
+    page.click("#move-dialog button[value=move]")
+    said(page, "Moved.")
+    expect(page.locator(f'.face[data-face-id="{moved}"]')).to_have_count(0)
+    assert server.person_of(moved) == (receiver, "manual")
+
+    # "Not this person".
+    page.click(f'[data-face-id="{rejected}"] [data-action=reject]')
+    said(page, "Face removed from this person.")
+    assert server.person_of(rejected) == (None, "manual")
+    assert server.rows(select(cannot_links.c.person_id).where(cannot_links.c.face_id == rejected)) == [
+        (alice,)
+    ]
+
+    # A face split off into a new person: it is so like Alice that a merge is suggested, and accepted.
+    page.check(f'[data-face-id="{split}"] [data-select-face]')
+    page.click("[data-action=move-selected]")
+    page.click("#move-dialog button[value=move]")  # left empty: a new person
+    said(page, "Moved to a new person.")
+    newcomer, _ = server.person_of(split)
+    assert newcomer not in before
+    page.reload()
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "web-person.png")
+
+    page.click("text=Merge suggestions")
+    pair = page.locator(f'.pair:has([data-target="{alice}"][data-source="{newcomer}"])')
+    expect(pair).to_have_count(1)
+    pair.locator("[data-action=accept-merge]").click()
+    said(page, "Merged.")
+    expect(pair).to_have_count(0)
+    assert server.person_of(split) == (alice, "manual")
+    assert newcomer not in server.persons()
+
+    # One person in two (made here by hand: three of its faces moved to a new person together): select
+    # both in the grid and merge them, confirming.
+    halved_faces = server.faces_of(halved)
+    page.goto(f"{server.url}/persons/{halved}")
+    for face in halved_faces[:3]:
+        page.check(f'[data-face-id="{face}"] [data-select-face]')
+    page.click("[data-action=move-selected]")
+    page.click("#move-dialog button[value=move]")
+    said(page, "Moved to a new person.")
+    other_half, _ = server.person_of(halved_faces[0])
+    assert server.faces_of(other_half) == halved_faces[:3]
+    page.goto(server.url + "/")
+    order = [
+        int(id_)
+        for id_ in page.locator(".card[data-person-id]").evaluate_all(
+            "cards => cards.map((card) => card.dataset.personId)"
+        )
+    ]
+    keeper, merged_away = sorted((halved, other_half), key=order.index)  # the first in the grid stays
+    page.check(f'.card[data-person-id="{halved}"] [data-select-person]')
+    page.check(f'.card[data-person-id="{other_half}"] [data-select-person]')
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("[data-action=merge-selected]")
+    expect(page.locator(f'.card[data-person-id="{merged_away}"]')).to_have_count(0)
+    assert server.faces_of(keeper) == halved_faces
+    assert merged_away not in server.persons()
+
+    # Forget: the confirmation step first (cancelled: nothing happens), then for good.
+    page.goto(f"{server.url}/persons/{forgotten}")
+    page.click("[data-action=forget]")
+    page.click("#forget-dialog button[value=cancel]")
+    assert forgotten in server.persons()
+    page.click("[data-action=forget]")
+    page.click("#forget-dialog button[value=forget]")
+    expect(page).to_have_url(server.url + "/")
+    assert forgotten not in server.persons()
+
+    # The photo of the moved face: every face boxed, the moved one named after its new person.
+    image_id = server.rows(select(faces.c.image_id).where(faces.c.id == moved))[0][0]
+    page.goto(f"{server.url}/photos/{image_id}?face={moved}")
+    expect(page.locator(f'.box[data-face-id="{moved}"]')).to_have_attribute("href", f"/persons/{receiver}")
+    assert page.locator(".frame img").evaluate("img => img.complete && img.naturalWidth > 0")
+
+    # The grid, named first; every cover decoded.
+    page.goto(server.url + "/")
+    page.wait_for_load_state("networkidle")
+    assert page.locator(".card .name").first.inner_text() == "Alice Example"
+    covers = page.locator(".card img")
+    assert covers.count() >= 4
+    assert covers.evaluate_all("images => images.every(img => img.complete && img.naturalWidth > 0)")
+    page.screenshot(path=SCREENSHOTS / "web-persons.png")
+
+    # A recluster keeps every edit.
+    command(server.root, "recluster", "--db", server.database)
+    after = server.persons()
+    assert after[alice][0] == "Alice Example"
+    assert server.person_of(moved) == (receiver, "manual")
+    assert server.person_of(rejected) == (None, "manual")
+    assert server.person_of(split) == (alice, "manual")
+    assert set(halved_faces) <= set(server.faces_of(keeper))
+    assert merged_away not in after
+    assert forgotten not in after
+    assert newcomer not in after
