@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.config import Settings
 from image_grouping.grouping import GroupingParams
+from image_grouping.handlers.add_face import AddFaceDeps
 from image_grouping.handlers.detection import DetectionDeps
 from image_grouping.handlers.people import PeopleDeps
 from image_grouping.handlers.ports import Analyzer, UnitOfWork, UnitOfWorkFactory
@@ -126,6 +127,17 @@ class Adapters:
     def people_deps(self) -> PeopleDeps:
         return PeopleDeps(
             unit_of_work=self.unit_of_work, thumbnails=self.thumbnails, model_pack=self.settings.model_pack
+        )
+
+    def add_face_deps(self) -> AddFaceDeps:
+        """What adding a face by hand needs: the analyzer (loaded by the first photo analysed) and the
+        photos."""
+        return AddFaceDeps(
+            model_pack=self._analyzer.model_pack if self._analyzer is not None else self.settings.model_pack,
+            analyzer=lambda: self.analyzer,
+            unit_of_work=self.unit_of_work,
+            thumbnails=self.thumbnails,
+            files=self.files,
         )
 
     async def probe_database(self) -> None:

@@ -25,7 +25,7 @@ persons_app = typer.Typer(
     help="Persons: list, show, suggest merges; rename, merge, hide, unhide, forget.", no_args_is_help=True
 )
 faces_app = typer.Typer(
-    help="Faces: those without a person (with the person each probably is); assign, reject.",
+    help="Faces: those without a person (with the person each probably is); assign, reject, add by hand.",
     no_args_is_help=True,
 )
 images_app = typer.Typer(help="Photos: those showing given persons; delete one.", no_args_is_help=True)
@@ -46,10 +46,14 @@ PersonId = Annotated[int, typer.Argument(help="The person's id.")]
 
 
 def run_people_command(
-    db: str | None, work: Callable[[Adapters], Awaitable[T]], *, dry_run: bool = False
+    db: str | None,
+    work: Callable[[Adapters], Awaitable[T]],
+    *,
+    dry_run: bool = False,
+    local_files: bool = False,
 ) -> T:
     """Bootstrap the adapters for `--db`, run `work` with them; a refusal (BadInputError) is one line on
-    stderr and exit status 2."""
+    stderr and exit status 2. `local_files`: photos stored by `scan` (absolute local paths) can be read."""
     from image_grouping.bootstrap import bootstrap
     from image_grouping.cli import _settings
     from image_grouping.errors import BadInputError
@@ -57,7 +61,7 @@ def run_people_command(
     settings = _settings(database_url=db, dry_run=dry_run or None)
 
     async def run() -> T:
-        async with bootstrap(settings) as adapters:
+        async with bootstrap(settings, local_files=local_files) as adapters:
             return await work(adapters)
 
     try:
@@ -90,10 +94,13 @@ def run_edit(
 
 def _describe(events: list[EventData]) -> list[str]:
     """One line per change the events announce."""
-    from image_grouping.models.messages import FacesDeleted, PersonForgotten, PersonsUpdated
+    from image_grouping.models.messages import FaceAdded, FacesDeleted, PersonForgotten, PersonsUpdated
 
     lines: list[str] = []
     for event in events:
+        if isinstance(event, FaceAdded):
+            box = " ".join(f"{value:.0f}" for value in event.box)
+            lines.append(f"face {event.face_id} added to photo {event.image_id} at {box}")
         if isinstance(event, PersonsUpdated):
             changes = event.changes
             lines += [f"person {person} created" for person in changes.get("created", [])]
@@ -338,6 +345,38 @@ def faces_reject(
     from image_grouping.models.messages import RejectFace
 
     run_edit(db, dry_run, _given(RejectFace(face_id=face_id, person_id=person)), handle_reject_face)
+
+
+@faces_app.command("add")
+def faces_add(
+    image_id: Annotated[int, typer.Argument(help="The photo's id (as the listings show it).")],
+    x1: Annotated[float, typer.Argument(help="Left edge of the face's box, in pixels of the photo.")],
+    y1: Annotated[float, typer.Argument(help="Top edge.")],
+    x2: Annotated[float, typer.Argument(help="Right edge.")],
+    y2: Annotated[float, typer.Argument(help="Bottom edge.")],
+    person: Annotated[
+        int | None, typer.Option("--person", help="The person it is (default: grouping decides).")
+    ] = None,
+    db: DatabaseUrl = None,
+    dry_run: DryRun = False,
+) -> None:
+    """Add a face the detector missed: a box on a stored photo (pixels of the photo as shown, full size).
+    It is analysed there like a detected face, and analysing the photo again keeps it."""
+    from image_grouping.handlers.add_face import handle_add_face
+    from image_grouping.models.messages import AddFace
+
+    command = AddFace(image_id=image_id, box=(x1, y1, x2, y2), person_id=person)
+
+    async def work(adapters: Adapters) -> list[EventData]:
+        (outcome,) = await handle_add_face([command], adapters.add_face_deps())
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    events = run_people_command(db, work, dry_run=dry_run, local_files=True)
+    prefix = "dry run, nothing written: " if dry_run else ""
+    for line in _describe(events) or ["nothing changed: a face added by hand is there already"]:
+        typer.echo(prefix + line)
 
 
 @faces_app.command("unassigned")

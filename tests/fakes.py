@@ -15,9 +15,9 @@ from typing import Any, Self
 import numpy as np
 
 from image_grouping.errors import BadInputError, CorruptImageError, ImageNotFoundError
-from image_grouping.models.face_identity import StoredFace, plan_reanalysis
-from image_grouping.models.faces import ImageAnalysis
-from image_grouping.models.records import FaceSet, ImageRecord, ImageResult, PersonRecord
+from image_grouping.models.face_identity import StoredFace, distinct_boxes, match_boxes, plan_reanalysis
+from image_grouping.models.faces import DetectedFace, FaceQuality, HandBox, ImageAnalysis
+from image_grouping.models.records import FaceRecord, FaceSet, ImageRecord, ImageResult, PersonRecord
 from image_grouping.models.views import FaceView, ImageView, PersonSummary
 
 AUTOMATIC, BY_HAND = "grouping", "manual"
@@ -37,6 +37,7 @@ class FaceRow:
     thumbnail_path: str | None
     person_id: int | None = None
     assigned_by: str = AUTOMATIC
+    added_by_hand: bool = False
 
 
 @dataclass
@@ -103,6 +104,24 @@ class _Repository:
 
 
 class FakeImages(_Repository):
+    async def get(self, image_id: int) -> ImageRecord | None:
+        return self.state.images.get(image_id)
+
+    async def hand_boxes(
+        self, source_paths: Sequence[str]
+    ) -> dict[str, list[tuple[float, float, float, float]]]:
+        found: dict[str, list[tuple[float, float, float, float]]] = {}
+        for path in source_paths:
+            image = next((each for each in self.state.images.values() if each.source_path == path), None)
+            boxes = [
+                row.box
+                for row in sorted(self.state.faces.values(), key=lambda row: row.id)
+                if image is not None and row.image_id == image.id and row.added_by_hand
+            ]
+            if boxes:
+                found[path] = distinct_boxes(boxes)
+        return found
+
     async def forgotten_boxes(self, image_ids: Sequence[int]) -> dict[int, np.ndarray]:
         found: dict[int, list[tuple[float, float, float, float]]] = {}
         for image_id, box in self.state.tombstones:
@@ -186,7 +205,7 @@ class FakeImages(_Repository):
                 if row.image_id == image_id and row.model_pack == analysis.model_pack
             }
             plan = plan_reanalysis(
-                [StoredFace(row.id, row.box) for row in stored.values()],
+                [StoredFace(row.id, row.box, row.added_by_hand) for row in stored.values()],
                 [face.box for face in analysis.faces],
             )
             for face_id in plan.removed:
@@ -213,6 +232,7 @@ class FakeImages(_Repository):
                     thumbnail_path=thumbnail,
                     person_id=kept.person_id if kept else None,
                     assigned_by=kept.assigned_by if kept else AUTOMATIC,
+                    added_by_hand=face.added_by_hand,
                 )
                 self.state.faces[row.id] = row
                 ids.append(row.id)
@@ -221,6 +241,26 @@ class FakeImages(_Repository):
 
 
 class FakeFaces(_Repository):
+    async def get(self, face_ids: Iterable[int]) -> dict[int, FaceRecord]:
+        return {
+            row.id: FaceRecord(
+                id=row.id,
+                image_id=row.image_id,
+                model_pack=row.model_pack,
+                person_id=row.person_id,
+                manual=row.assigned_by == BY_HAND,
+                thumbnail_path=row.thumbnail_path,
+                added_by_hand=row.added_by_hand,
+            )
+            for face_id in face_ids
+            if (row := self.state.faces.get(face_id)) is not None
+        }
+
+    async def assign_by_hand(self, face_id: int, person_id: int) -> None:
+        row = self.state.faces[face_id]
+        row.person_id, row.assigned_by = person_id, BY_HAND
+        self.state.cannot_links.discard((face_id, person_id))
+
     async def load_for_grouping(self, model_pack: str) -> FaceSet:
         rows = sorted(
             (row for row in self.state.faces.values() if row.model_pack == model_pack), key=lambda r: r.id
@@ -290,6 +330,13 @@ class FakeFaces(_Repository):
 
 
 class FakePersons(_Repository):
+    async def get(self, person_ids: Iterable[int]) -> dict[int, PersonRecord]:
+        wanted = set(person_ids)
+        return {person.id: person for person in await self.list() if person.id in wanted}
+
+    async def model_packs(self, person_id: int) -> set[str]:
+        return {row.model_pack for row in self.state.faces.values() if row.person_id == person_id}
+
     async def list(self) -> list[PersonRecord]:
         counts: dict[int, int] = {}
         for row in self.state.faces.values():
@@ -363,6 +410,7 @@ class FakeViews(_Repository):
             thumbnail=row.thumbnail_path,
             assigned_by="manual" if row.assigned_by == BY_HAND else "auto",
             person_id=row.person_id,
+            added_by_hand=row.added_by_hand,
         )
 
     def _summary(self, person_id: int) -> PersonSummary:
@@ -469,19 +517,53 @@ class FakeViews(_Repository):
 
 
 class FakeAnalyzer:
-    """Returns the analysis given for each image's bytes; other bytes are corrupt."""
+    """Returns the analysis given for each image's bytes; other bytes are corrupt. Faces added by hand
+    follow, one per `hand` box, at that box (a drawn box moved to `snapped[box]` if given, as the detector's
+    box of the face in it), with an embedding of their own; the analysis' faces at their place are left out,
+    as the real analyzer does."""
 
     model_pack = "fake_pack"
 
-    def __init__(self, analyses: Mapping[bytes, ImageAnalysis]) -> None:
+    def __init__(
+        self,
+        analyses: Mapping[bytes, ImageAnalysis],
+        snapped: Mapping[tuple[float, float, float, float], tuple[float, float, float, float]] | None = None,
+    ) -> None:
         self.analyses = analyses
+        self.snapped = dict(snapped or {})
         self.calls: list[bytes] = []
+        self.hand_calls: list[list[HandBox]] = []
 
-    async def analyze_async(self, data: bytes) -> ImageAnalysis:
+    async def analyze_async(self, data: bytes, hand: Sequence[HandBox] = ()) -> ImageAnalysis:
         self.calls.append(data)
+        self.hand_calls.append(list(hand))
         if data not in self.analyses:
             raise CorruptImageError("not an image")
-        return self.analyses[data]
+        analysis = self.analyses[data]
+        if not hand:
+            return analysis
+        boxes = [self.snapped.get(each.box, each.box) if each.drawn else each.box for each in hand]
+        detected = np.array([face.box for face in analysis.faces], np.float64).reshape(-1, 4)
+        covered = set(match_boxes(np.array(boxes, np.float64), detected))
+        faces = [face for index, face in enumerate(analysis.faces) if index not in covered]
+        for box in boxes:
+            seed = int(sum(box) * 1000) % 2**32
+            embedding = np.random.default_rng(seed).standard_normal(
+                analysis.faces[0].embedding.shape if analysis.faces else 8
+            )
+            faces.append(
+                DetectedFace(
+                    box=box,
+                    landmarks=np.zeros((5, 2), np.float32),
+                    quality=FaceQuality(
+                        det_score=0.3, size_px=box[2] - box[0], sharpness=10.0, yaw=0.0, pose="frontal"
+                    ),
+                    embedding=(embedding / np.linalg.norm(embedding)).astype(np.float32),
+                    thumbnail_jpeg=b"hand face",
+                    added_by_hand=True,
+                )
+            )
+        return replace(analysis, faces=faces)
 
 
 class FakeFiles:

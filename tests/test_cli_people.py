@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, true
 from typer.testing import CliRunner
 
 from image_grouping.bootstrap import bootstrap
@@ -178,13 +178,86 @@ def test_every_edit_through_the_cli(database: str, tmp_path: Path) -> None:
         (["faces", "assign", "{bobs_face}", "someone"], "not a person id nor `new`: 'someone'"),
         (["faces", "reject", "{bobs_face}", "--person", "999999"], "no person with id 999999"),
         (["images", "delete", "//nas/photos/none.jpg"], "no photo with id or path //nas/photos/none.jpg"),
+        (["faces", "add", "999999", "10", "10", "90", "90"], "no photo with id 999999"),
+        (
+            ["faces", "add", "{photo}", "10", "10", "12", "90"],
+            "not a face's box: 10 10 12 90 (x1 < x2 and y1 < y2, each side at least 8 pixels)",
+        ),
+        (
+            ["faces", "add", "{photo}", "900", "700", "1100", "900"],
+            "box 900 700 1100 900 is not inside the photo (1000x800 pixels)",
+        ),
+        (
+            ["faces", "add", "{photo}", "500", "500", "600", "600", "--person", "999999"],
+            "no person with id 999999",
+        ),
+        (
+            ["faces", "add", "{photo}", "300", "40", "380", "140"],
+            "photo {photo} has a face there already: face {bobs_face} (assign it instead)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(arguments: list[str], message: str, tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'people.sqlite3'}"
     face_ids, (alice, _, _) = _library(database, tmp_path)
-    values = {"alice": alice, "bobs_face": face_ids[0][1]}
+    photo = _rows(database, select(images.c.id).where(images.c.source_path == "//nas/photos/0.jpg"))[0].id
+    values = {"alice": alice, "bobs_face": face_ids[0][1], "photo": photo}
     result = run_cli(tmp_path, *(argument.format(**values) for argument in arguments), "--db", database)
     assert result.returncode == 2
     assert result.stderr.strip() == message.format(**values)
     assert _rows(database, select(persons.c.name).where(persons.c.name.is_not(None))) == []
+
+
+def _photo_without_faces(database: str, tmp_path: Path, photo: Path) -> int:
+    """A photo stored at its local path (as `scan` stores it), as if the detector had found no face."""
+    settings = load_settings(
+        database_url=database, system_storage=tmp_path / "data", log_root=tmp_path / "logs"
+    )
+
+    async def store() -> int:
+        async with bootstrap(settings) as adapters, adapters.unit_of_work() as uow:
+            image = await uow.images.get_or_create(None, str(photo))
+            analysis = ImageAnalysis(250, 250, settings.model_pack, [])
+            await uow.save_analysis(image.id, "h", 1, analysis, [])
+            await uow.commit()
+            return image.id
+
+    return asyncio.run(store())
+
+
+@pytest.mark.slow
+def test_adding_a_face_by_hand_through_the_cli(database: str, tmp_path: Path, eval_dir: Path) -> None:
+    _, (alice, _, _) = _library(database, tmp_path)
+    image_id = _photo_without_faces(
+        database, tmp_path, eval_dir / "identity" / "Al_Gore" / "Al_Gore_0001.jpg"
+    )
+    box = ["80", "40", "190", "200"]  # drawn around the face, loosely
+
+    def add(*arguments: str) -> str:
+        result = run_cli(tmp_path, "faces", "add", str(image_id), *box, *arguments, "--db", database)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def hand_faces() -> list[Any]:
+        query = select(faces.c.id, faces.c.person_id, faces.c.assigned_by, faces.c.thumbnail_path).where(
+            faces.c.added_by_hand == true()
+        )
+        return _rows(database, query)
+
+    thumbnails = sorted((tmp_path / "data").rglob("*.jpg"))
+    dry = add("--person", str(alice), "--dry-run").splitlines()
+    assert dry[0].startswith("dry run, nothing written: face ")
+    assert hand_faces() == []
+    assert sorted((tmp_path / "data").rglob("*.jpg")) == thumbnails
+
+    lines = add("--person", str(alice)).splitlines()
+    ((face_id, person, assigned_by, thumbnail),) = hand_faces()
+    # The detector's box of the face inside the drawn one.
+    assert lines == [
+        f"face {face_id} added to photo {image_id} at 91 55 186 195",
+        f"face {face_id}: person None -> {alice}",
+    ]
+    assert (person, assigned_by) == (alice, "manual")
+    assert (tmp_path / "data" / thumbnail).is_file()
+    assert add("--person", str(alice)) == "nothing changed: a face added by hand is there already"
+    assert len(hand_faces()) == 1

@@ -10,10 +10,12 @@ from aio_pika.abc import AbstractQueue
 from image_grouping.bootstrap import Adapters
 from image_grouping.consumer.worker import Handling, Route
 from image_grouping.handlers import people
+from image_grouping.handlers.add_face import handle_add_face
 from image_grouping.handlers.detection import handle_images_uploaded
 from image_grouping.handlers.ports import Outcome
 from image_grouping.handlers.recognition import handle_faces_detected, handle_recluster_requested
 from image_grouping.models.messages import (
+    AddFace,
     AssignFace,
     ChooseCover,
     FacesDetected,
@@ -77,6 +79,7 @@ def recognition_route(queue: AbstractQueue, adapters: Adapters) -> Route:
         ForgetPerson: people.handle_forget_person,
         ImageDeleted: people.handle_image_deleted,
     }
+
     return Route(
         queue,
         RECOGNITION,
@@ -88,5 +91,7 @@ def recognition_route(queue: AbstractQueue, adapters: Adapters) -> Route:
             ),
             ReclusterRequested: Handling(partial(handle_recluster_requested, deps=deps)),
             **{command: Handling(partial(handler, deps=people_deps)) for command, handler in edits.items()},
+            # The analyzer is loaded by the first face added by hand, not when the service starts.
+            AddFace: Handling(partial(handle_add_face, deps=adapters.add_face_deps())),
         },
     )

@@ -2,7 +2,8 @@
 
 The one detection flow of every entry point: the service's consumer and MODE=oneshot, the local scan
 (which skips bytes this pack already analysed) and repack (which carries persons over from the old
-pack's faces in the same transaction).
+pack's faces in the same transaction). An image that has faces added by hand is analysed with their boxes
+(every pack's), so they are found again however the detector does (image_grouping.handlers.add_face).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from image_grouping.handlers.ports import (
     UnitOfWorkFactory,
 )
 from image_grouping.models.face_identity import match_boxes
-from image_grouping.models.faces import ImageAnalysis
+from image_grouping.models.faces import Box, HandBox, ImageAnalysis
 from image_grouping.models.messages import FacesDetected, ImageUploaded
 from image_grouping.models.records import ImageRecord, ImageResult
 
@@ -66,7 +67,10 @@ async def handle_images_uploaded(events: Sequence[ImageUploaded], deps: Detectio
     image), that image marked failed. The others are stored all the same. Anything else is transient:
     raised, with nothing stored, and the caller retries the batch.
     """
-    loaded = await asyncio.gather(*(_load(event, deps) for event in events), return_exceptions=True)
+    hand = await _hand_boxes(events, deps)
+    loaded = await asyncio.gather(
+        *(_load(event, deps, hand.get(event.path, [])) for event in events), return_exceptions=True
+    )
     for item in loaded:
         if isinstance(item, BaseException) and not isinstance(item, BadInputError):
             raise item
@@ -90,8 +94,21 @@ async def _store(loaded: Sequence[tuple[ImageUploaded, _Loaded]], deps: Detectio
         await uow.commit()
         # Faces of forgotten persons are found again but never stored, nor their thumbnails written.
         forgotten = await uow.images.forgotten_boxes([image.id for image in images])
+        by_hand = (
+            await uow.images.hand_boxes([image.source_path for image in images if image.id in forgotten])
+            if forgotten
+            else {}
+        )
         loaded = [
-            (event, _without_forgotten(item, forgotten.get(image.id)))
+            (
+                event,
+                replace(
+                    item,
+                    analysis=without_forgotten(
+                        item.analysis, forgotten.get(image.id), by_hand.get(image.source_path, [])
+                    ),
+                ),
+            )
             for image, (event, item) in zip(images, loaded, strict=True)
         ]
         # Written before the commit that records their paths, so a committed face always has its file.
@@ -132,22 +149,33 @@ class _Loaded:
     analysis: ImageAnalysis
 
 
-def _without_forgotten(item: _Loaded, forgotten: np.ndarray | None) -> _Loaded:
-    """The analysis without the faces where a forgotten face was (box IoU >= 0.5 with its tombstone)."""
-    if forgotten is None or not item.analysis.faces:
-        return item
-    boxes = np.array([face.box for face in item.analysis.faces], np.float64)
-    again = set(match_boxes(forgotten, boxes))
+def without_forgotten(
+    analysis: ImageAnalysis, forgotten: np.ndarray | None, stored_by_hand: Sequence[Box] = ()
+) -> ImageAnalysis:
+    """The analysis without the faces where a forgotten face was (box IoU >= 0.5 with its tombstone),
+    except faces added by hand that are stored now (`stored_by_hand`, read in the writing transaction):
+    those a person put there after the erasure. One that the erasure took is dropped like the others."""
+    if forgotten is None or not analysis.faces:
+        return analysis
+    boxes = np.array([face.box for face in analysis.faces], np.float64)
+    kept = match_boxes(np.array(stored_by_hand, np.float64).reshape(-1, 4), boxes)
+    by_hand = {index for index, face in enumerate(analysis.faces) if face.added_by_hand and index in kept}
+    again = set(match_boxes(forgotten, boxes)) - by_hand
     if not again:
-        return item
+        return analysis
     log.info("faces of forgotten persons not stored again", faces=len(again))
-    kept = [face for index, face in enumerate(item.analysis.faces) if index not in again]
-    return replace(item, analysis=replace(item.analysis, faces=kept))
+    return replace(analysis, faces=[face for index, face in enumerate(analysis.faces) if index not in again])
 
 
-async def _load(event: ImageUploaded, deps: DetectionDeps) -> _Loaded | None:
-    """Read and analyse one image (None: content already known, skipped); bad input is recorded and
-    raised."""
+async def _hand_boxes(events: Sequence[ImageUploaded], deps: DetectionDeps) -> dict[str, list[Box]]:
+    """The boxes of the faces added by hand to the images at the events' paths (most have none)."""
+    async with deps.unit_of_work() as uow:
+        return await uow.images.hand_boxes([event.path for event in events])
+
+
+async def _load(event: ImageUploaded, deps: DetectionDeps, hand: Sequence[Box] = ()) -> _Loaded | None:
+    """Read and analyse one image, with the faces added by hand at `hand` (None: content already known,
+    skipped); bad input is recorded and raised."""
     try:
         data, content_hash = await asyncio.to_thread(deps.files.read, event.path)
     except BadInputError as error:
@@ -160,7 +188,11 @@ async def _load(event: ImageUploaded, deps: DetectionDeps) -> _Loaded | None:
             if await uow.images.find_processed(content_hash, pack) is not None:
                 return None
     try:
-        analysis = await deps.analyzer.analyze_async(data)
+        analysis = await (
+            deps.analyzer.analyze_async(data, [HandBox(box) for box in hand])
+            if hand
+            else deps.analyzer.analyze_async(data)
+        )
     except BadInputError as error:
         # With the hash, the same bytes under another path are known bad too.
         await _register_failed(deps, event, error, content_hash, pack)

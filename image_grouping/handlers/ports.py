@@ -16,7 +16,7 @@ from typing import Any, Protocol, Self
 import numpy as np
 
 from image_grouping.errors import BadInputError
-from image_grouping.models.faces import ImageAnalysis
+from image_grouping.models.faces import Box, HandBox, ImageAnalysis
 from image_grouping.models.messages import EventData
 from image_grouping.models.records import FaceRecord, FaceSet, ImageRecord, ImageResult, PersonRecord
 from image_grouping.models.views import FaceView, ImageView, PersonSummary
@@ -52,6 +52,10 @@ class ImageStore(Protocol):
     async def delete(self, image_ids: Sequence[int]) -> None: ...
 
     async def forgotten_boxes(self, image_ids: Sequence[int]) -> dict[int, np.ndarray]: ...
+
+    async def get(self, image_id: int) -> ImageRecord | None: ...
+
+    async def hand_boxes(self, source_paths: Sequence[str]) -> dict[str, list[Box]]: ...
 
 
 class FaceStore(Protocol):
@@ -184,7 +188,9 @@ UnitOfWorkFactory = Callable[[], UnitOfWork]
 class Analyzer(Protocol):
     model_pack: str
 
-    async def analyze_async(self, data: bytes) -> ImageAnalysis: ...
+    async def analyze_async(self, data: bytes, hand: Sequence[HandBox] = ()) -> ImageAnalysis:
+        """The image's faces: the detector's, then one for each `hand` box (added by hand), in order."""
+        ...
 
 
 class ImageFiles(Protocol):

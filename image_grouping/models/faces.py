@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 
 Pose = Literal["frontal", "profile"]
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the oriented full-resolution image
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,20 @@ class DetectedFace:
     quality: FaceQuality
     embedding: np.ndarray  # (D,) float32, L2-normalised
     thumbnail_jpeg: bytes = field(repr=False)
+    added_by_hand: bool = False  # a person drew its box; analysed there whether the detector finds it or not
+
+
+@dataclass(frozen=True, slots=True)
+class HandBox:
+    """The place of a face added by hand, for the analyzer to analyse whatever the detector finds there.
+
+    `drawn`: a box a person has just drawn (a new face): the box the detector gives the face inside it, if
+    it finds one, replaces the drawn one, so the face is stored where a detector would put it. A stored
+    face's box (`drawn` False) stays as it is, so analysing the photo again finds it at the same place.
+    """
+
+    box: Box
+    drawn: bool = False
 
 
 @dataclass(frozen=True, slots=True)

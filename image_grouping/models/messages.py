@@ -160,6 +160,34 @@ class FacesDeleted(EventData):
     person_ids: list[int] = Field(description="Persons deleted because they were left without faces.")
 
 
+class AddFace(EventData):
+    """Add a face where the detector found none: a box on a stored photo (and, optionally, its person).
+    The face is analysed there like a detected one, marked as added by hand, and every later analysis
+    of the photo keeps it."""
+
+    event_type: ClassVar[str] = "face.add.requested"
+    image_id: int = Field(description="The photo's database id (a face's `image_id` in the queries).")
+    box: tuple[float, float, float, float] = Field(
+        description="x1, y1, x2, y2 in pixels of the photo as shown (EXIF orientation applied), full size."
+    )
+    person_id: int | None = Field(
+        default=None, description="The person the face is, by hand; null: grouping decides."
+    )
+
+
+class FaceAdded(EventData):
+    """Announced after `face.add.requested` was carried out: the new face, where the detector put it."""
+
+    event_type: ClassVar[str] = "face.added"
+    face_id: int
+    image_id: int = Field(description="The photo's database id.")
+    box: tuple[float, float, float, float] = Field(
+        description="As stored: the detector's box of the face it found in the drawn box, else the drawn box."
+    )
+    person_id: int | None
+    model_pack: str
+
+
 PEOPLE_COMMANDS: tuple[type[EventData], ...] = (
     RenamePerson,
     SetPersonHidden,
@@ -169,6 +197,7 @@ PEOPLE_COMMANDS: tuple[type[EventData], ...] = (
     RejectFace,
     ForgetPerson,
     ImageDeleted,
+    AddFace,
 )
 
 EVENT_TYPES: dict[str, type[EventData]] = {
@@ -181,6 +210,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         *PEOPLE_COMMANDS,
         PersonForgotten,
         FacesDeleted,
+        FaceAdded,
     )
 }
 

@@ -89,3 +89,4 @@ class FaceRecord:
     person_id: int | None
     manual: bool  # its person (or its absence) was set by hand
     thumbnail_path: str | None
+    added_by_hand: bool = False  # a person drew its box

@@ -2,7 +2,8 @@
 
 A face's `thumbnail` is a path relative to SYSTEM_STORAGE; `path` is the photo's path as the uploader
 stored it; `box` is x1, y1, x2, y2 in the photo's pixels. `assigned_by` is "manual" when a person set the
-face's person (or its absence) by hand, which grouping never changes, and "auto" when grouping did.
+face's person (or its absence) by hand, which grouping never changes, and "auto" when grouping did;
+`added_by_hand` is true for a face a person drew where the detector had found none.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FaceView:
     thumbnail: str | None
     assigned_by: str
     person_id: int | None
+    added_by_hand: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Unicode,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.mssql import VARBINARY
 
@@ -103,6 +104,14 @@ faces = Table(
     Column("embedding", Blob, nullable=False),  # (d,) float32, little-endian, L2-normalised
     Column("person_id", Id, ForeignKey("persons.id"), nullable=True),
     Column("assigned_by", String(8), nullable=False),
+    # A person drew its box (the detector had missed it): every re-analysis analyses it there, never drops it
+    Column(
+        "added_by_hand",
+        Boolean(create_constraint=False),
+        nullable=False,
+        default=False,
+        server_default=false(),
+    ),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("image_id", "model_pack", "face_index"),

@@ -5,11 +5,18 @@ that still fills the detector's input; only when a face found there would be enl
 alignment is the image decoded again, at the scale that face needs. Recognition runs once per call over
 all faces of all images handed in. The async methods run in the analyzer's executor, `analysis_workers`
 images at a time sharing the sessions, so that one image is decoded while another is in a network.
+
+Faces added by hand (`HandBox`) are analysed where a person put them, like a detected face: the detector
+looks again in the region around the box, in the decode the alignment uses, with a low score threshold
+(a person says a face is there), and the detection that best overlaps the box gives the 5 landmarks; when
+it finds none, the landmarks are where SCRFD puts them in its box on average. A detection of the whole
+image at a hand face's place is that face, and is not reported twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,7 +25,8 @@ import numpy as np
 import structlog
 
 from image_grouping.errors import BadInputError
-from image_grouping.models.faces import DetectedFace, ImageAnalysis
+from image_grouping.models.face_identity import box_iou, match_boxes
+from image_grouping.models.faces import DetectedFace, HandBox, ImageAnalysis
 from image_grouping.vision.align import ARCFACE_SIZE, alignment_matrix, matrix_scale
 from image_grouping.vision.arcface import ArcFace
 from image_grouping.vision.decode import DecodedImage, decode_image
@@ -30,6 +38,34 @@ from image_grouping.vision.thumbnail import thumbnail_jpeg
 
 log = structlog.get_logger(__name__)
 
+# The region searched around a face added by hand: its box grown by this share of its longer side on
+# each side, so that a face a little outside a sloppy box is still seen whole.
+HAND_SEARCH_MARGIN = 0.5
+HAND_SCORE_THRESHOLD = 0.1  # in that region, a weaker detection than usual is believed
+HAND_MIN_IOU = 0.3  # ... if its box overlaps the drawn box this much
+# Where SCRFD (buffalo_sc) puts the 5 landmarks in its box, as shares of the box's width and height: the
+# mean over the faces it finds in the group photos of the evaluation set. The landmarks of a face added by
+# hand that the detector cannot find at all.
+BOX_LANDMARKS = np.array(
+    [[0.32, 0.40], [0.68, 0.40], [0.50, 0.56], [0.35, 0.74], [0.65, 0.74]], dtype=np.float32
+)
+
+
+def landmarks_in_box(box: np.ndarray) -> np.ndarray:
+    """(5, 2) landmarks where SCRFD puts them, on average, in a box of this place and size."""
+    x1, y1, x2, y2 = (float(value) for value in box)
+    return (np.array([x1, y1], np.float32) + BOX_LANDMARKS * np.array([x2 - x1, y2 - y1], np.float32)).astype(
+        np.float32
+    )
+
+
+def _concatenate(first: Detections, second: Detections) -> Detections:
+    return Detections(
+        np.concatenate([first.boxes, second.boxes]).astype(np.float32),
+        np.concatenate([first.scores, second.scores]).astype(np.float32),
+        np.concatenate([first.landmarks, second.landmarks]).astype(np.float32),
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class _FoundFaces:
@@ -39,6 +75,7 @@ class _FoundFaces:
     detections: Detections
     crops: list[np.ndarray]
     crop_landmarks: list[np.ndarray]  # landmarks in crop pixels, for the yaw
+    hand_faces: int = 0  # the last this many faces are faces added by hand
 
 
 class FaceAnalyzer:
@@ -65,9 +102,10 @@ class FaceAnalyzer:
         )
         return cls(params, pack.name, detector, ArcFace(pack.recognizer, pack.recognizer_path))
 
-    def analyze(self, data: bytes) -> ImageAnalysis:
-        """Faces of one image. Raises a BadInputError subclass for input that can never be analysed."""
-        found = self._find_faces(data)
+    def analyze(self, data: bytes, hand: Sequence[HandBox] = ()) -> ImageAnalysis:
+        """Faces of one image: the detector's, then those added by hand (`hand`, in that order). Raises a
+        BadInputError subclass for input that can never be analysed."""
+        found = self._find_faces(data, hand)
         return self._finish(found, self.recognizer.embed(found.crops))
 
     def detect(self, data: bytes) -> Detections:
@@ -94,9 +132,9 @@ class FaceAnalyzer:
             start += len(item.crops)
         return results
 
-    async def analyze_async(self, data: bytes) -> ImageAnalysis:
+    async def analyze_async(self, data: bytes, hand: Sequence[HandBox] = ()) -> ImageAnalysis:
         """`analyze` in the analyzer's executor, so the event loop never waits on the CPU work."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.analyze, data)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.analyze, data, hand)
 
     async def analyze_batch_async(self, images: list[bytes]) -> list[ImageAnalysis | BadInputError]:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.analyze_batch, images)
@@ -111,14 +149,24 @@ class FaceAnalyzer:
             data, max_pixels=self.params.max_image_pixels, max_bytes=self.params.max_image_bytes, **scale
         )
 
-    def _find_faces(self, data: bytes) -> _FoundFaces:
+    def _find_faces(self, data: bytes, hand: Sequence[HandBox] = ()) -> _FoundFaces:
         image = self._decode(data, min_scale=0.0, min_long_side=self.detector.input_size)
         detections = self._detect(image)
-        matrices = [alignment_matrix(landmarks) for landmarks in detections.landmarks]
+        guessed = [landmarks_in_box(np.array(each.box)) for each in hand]
+        matrices = [alignment_matrix(landmarks) for landmarks in [*detections.landmarks, *guessed]]
         # The decode scale at which no aligned crop is enlarged more than allowed.
         needed = max((matrix_scale(m) for m in matrices), default=0.0) / self.params.align_max_upscale
         if image.scale < min(needed, 1.0) * 0.999:
             image = self._decode(data, min_scale=min(needed, 1.0))
+        if hand:
+            located = self._locate_hand_faces(image, hand)
+            # A detection at a hand face's place is that face.
+            covered = set(match_boxes(located.boxes, detections.boxes))
+            detections = detections.take(
+                np.array([index for index in range(len(detections)) if index not in covered], np.int64)
+            )
+            detections = _concatenate(detections, located)
+            matrices = [alignment_matrix(landmarks) for landmarks in detections.landmarks]
         to_decoded = np.diag([image.scale_x, image.scale_y, 1.0])
         crops, crop_landmarks = [], []
         for matrix, landmarks in zip(matrices, detections.landmarks, strict=True):
@@ -128,7 +176,64 @@ class FaceAnalyzer:
                 cv2.warpAffine(image.pixels, decoded_matrix, (ARCFACE_SIZE, ARCFACE_SIZE), borderValue=0.0)
             )
             crop_landmarks.append(landmarks @ matrix[:, :2].T + matrix[:, 2])
-        return _FoundFaces(image, detections, crops, crop_landmarks)
+        return _FoundFaces(image, detections, crops, crop_landmarks, len(hand))
+
+    def _locate_hand_faces(self, image: DecodedImage, hand: Sequence[HandBox]) -> Detections:
+        """Box, score and landmarks of each face added by hand, in full-resolution pixels, in `hand`'s
+        order: from the detector run again around the box, else from the box alone (score 0). A drawn box
+        first becomes the detector's box of the face in it; the face is then analysed at that box as any
+        later analysis of the photo will analyse it, so analysing it again gives the same embedding."""
+        boxes, scores, landmarks = [], [], []
+        for each in hand:
+            box = np.array(each.box, np.float32)
+            if each.drawn and (snapped := self._detection_at(image, box)) is not None:
+                box = snapped[0]
+            found = self._detection_at(image, box)
+            boxes.append(box)
+            scores.append(found[1] if found else 0.0)
+            landmarks.append(found[2] if found else landmarks_in_box(box))
+        return Detections(
+            np.array(boxes, np.float32).reshape(-1, 4),
+            np.array(scores, np.float32),
+            np.array(landmarks, np.float32).reshape(-1, 5, 2),
+        )
+
+    def _detection_at(
+        self, image: DecodedImage, box: np.ndarray
+    ) -> tuple[np.ndarray, float, np.ndarray] | None:
+        """The box, score and landmarks of the detection around `box` that overlaps it best, if any
+        overlaps it enough."""
+        found = self._search_around(image, box)
+        if not len(found):
+            return None
+        overlap = box_iou(found.boxes, box)[:, 0]
+        best = int(np.argmax(overlap))
+        if overlap[best] < HAND_MIN_IOU:
+            return None
+        return found.boxes[best], float(found.scores[best]), found.landmarks[best]
+
+    def _search_around(self, image: DecodedImage, box: np.ndarray) -> Detections:
+        """The detector's faces in the region around `box` (full-resolution pixels in and out)."""
+        margin = HAND_SEARCH_MARGIN * float(max(box[2] - box[0], box[3] - box[1]))
+        scale = np.array([image.scale_x, image.scale_y], np.float64)
+        height, width = image.pixels.shape[:2]
+        left, top = np.floor((box[:2] - margin) * scale).astype(int)
+        right, bottom = np.ceil((box[2:] + margin) * scale).astype(int)
+        left, top = max(left, 0), max(top, 0)
+        right, bottom = min(right, width), min(bottom, height)
+        if right - left < 2 or bottom - top < 2:
+            return Detections(
+                np.empty((0, 4), np.float32), np.empty(0, np.float32), np.empty((0, 5, 2), np.float32)
+            )
+        found = self.detector.detect(
+            np.ascontiguousarray(image.pixels[top:bottom, left:right]),
+            closeup=True,
+            score_threshold=HAND_SCORE_THRESHOLD,
+        )
+        offset = np.array([left, top], np.float32)
+        to_full = scale.astype(np.float32)
+        boxes = (found.boxes.reshape(-1, 2, 2) + offset) / to_full
+        return Detections(boxes.reshape(-1, 4), found.scores, (found.landmarks + offset) / to_full)
 
     def _detect(self, image: DecodedImage) -> Detections:
         """Faces in full-resolution pixels, small faces dropped.
@@ -152,6 +257,7 @@ class FaceAnalyzer:
     def _finish(self, found: _FoundFaces, embeddings: np.ndarray) -> ImageAnalysis:
         image, detections, params = found.image, found.detections, self.params
         faces = []
+        first_by_hand = len(embeddings) - found.hand_faces
         for index, embedding in enumerate(embeddings):
             box = detections.boxes[index]
             decoded_box = box * np.array([image.scale_x, image.scale_y] * 2, dtype=np.float32)
@@ -173,6 +279,7 @@ class FaceAnalyzer:
                         margin=params.thumbnail_margin,
                         quality=params.thumbnail_quality,
                     ),
+                    added_by_hand=index >= first_by_hand,
                 )
             )
         return ImageAnalysis(width=image.width, height=image.height, model_pack=self.model_pack, faces=faces)

@@ -121,11 +121,15 @@ class SCRFD:
         self.nms_threshold = nms_threshold
         self.closeup_padding = closeup_padding
 
-    def detect(self, image: np.ndarray, *, closeup: bool = False) -> Detections:
-        """Faces in an RGB image. `closeup` also looks for faces that fill the frame (a second run)."""
-        views = [self._run(image, self.input_scale(*image.shape[:2]))]
+    def detect(
+        self, image: np.ndarray, *, closeup: bool = False, score_threshold: float | None = None
+    ) -> Detections:
+        """Faces in an RGB image. `closeup` also looks for faces that fill the frame (a second run);
+        `score_threshold` replaces the detector's own for this call."""
+        threshold = self.score_threshold if score_threshold is None else score_threshold
+        views = [self._run(image, self.input_scale(*image.shape[:2]), threshold=threshold)]
         if closeup:
-            views.append(self._closeup_view(image))
+            views.append(self._closeup_view(image, threshold))
         return self._merge(views)
 
     def detect_closeup(self, image: np.ndarray) -> Detections:
@@ -148,11 +152,13 @@ class SCRFD:
         stride = self.strides[-1]
         return math.ceil(width / stride - 1e-6) * stride, math.ceil(height / stride - 1e-6) * stride
 
-    def _closeup_view(self, image: np.ndarray) -> Detections:
+    def _closeup_view(self, image: np.ndarray, threshold: float | None = None) -> Detections:
         scale = self.input_scale(*image.shape[:2]) / self.closeup_padding
-        return self._run(image, scale, border=CLOSEUP_BORDER)
+        return self._run(image, scale, border=CLOSEUP_BORDER, threshold=threshold)
 
-    def _run(self, image: np.ndarray, scale: float, border: float = 0.0) -> Detections:
+    def _run(
+        self, image: np.ndarray, scale: float, border: float = 0.0, threshold: float | None = None
+    ) -> Detections:
         """One network run on the image resized by `scale`; with a border it sits in the input's middle."""
         height, width = image.shape[:2]
         input_width, input_height = self._input_shape(
@@ -172,17 +178,23 @@ class SCRFD:
         )
         outputs = self.session.run(self.output_names, {self.input_name: blob})
         view = _View(new_width / width, new_height / height, offset_x, offset_y)
-        return self._decode(outputs, 0, view, (input_width, input_height))
+        return self._decode(outputs, 0, view, (input_width, input_height), threshold)
 
     def _decode(
-        self, outputs: list[np.ndarray], index: int, view: _View, input_shape: tuple[int, int]
+        self,
+        outputs: list[np.ndarray],
+        index: int,
+        view: _View,
+        input_shape: tuple[int, int],
+        threshold: float | None = None,
     ) -> Detections:
         input_width, input_height = input_shape
+        threshold = self.score_threshold if threshold is None else threshold
         levels = len(self.strides)
         boxes, scores, landmarks = [], [], []
         for level, stride in enumerate(self.strides):
             level_scores = outputs[level][index, :, 0]
-            keep = np.flatnonzero(level_scores >= self.score_threshold)
+            keep = np.flatnonzero(level_scores >= threshold)
             if keep.size == 0:
                 continue
             centers = _anchor_centers(input_height // stride, input_width // stride, stride, self.anchors)[

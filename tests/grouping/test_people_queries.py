@@ -244,7 +244,7 @@ async def test_the_photo_of_two_persons(
 # --- the CLI, in its own process, key for key ----------------------------------------------------------
 
 PERSON_KEYS = {"id", "name", "hidden", "face_count", "cover_face_id", "cover_thumbnail"}
-FACE_KEYS = {"id", "image_id", "path", "box", "thumbnail", "assigned_by", "person_id"}
+FACE_KEYS = {"id", "image_id", "path", "box", "thumbnail", "assigned_by", "person_id", "added_by_hand"}
 
 
 def run_cli(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:

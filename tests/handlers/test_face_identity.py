@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from image_grouping.models.face_identity import ReanalysisPlan, StoredFace, match_boxes, plan_reanalysis
+from image_grouping.models.face_identity import (
+    HandFaceNotAnalysedError,
+    ReanalysisPlan,
+    StoredFace,
+    distinct_boxes,
+    match_boxes,
+    plan_reanalysis,
+)
 
 
 def test_each_new_box_takes_the_best_overlapping_old_box_once() -> None:
@@ -40,3 +48,18 @@ def test_a_first_analysis_adds_every_face_and_an_empty_one_removes_every_face() 
     stored = [StoredFace(1, (0, 0, 10, 10))]
     assert plan_reanalysis([], [(0, 0, 10, 10), (20, 0, 30, 10)]) == ReanalysisPlan({}, [0, 1], [])
     assert plan_reanalysis(stored, []) == ReanalysisPlan({}, [], [1])
+
+
+def test_a_face_added_by_hand_is_never_removed_an_analysis_without_it_is_made_again() -> None:
+    stored = [StoredFace(1, (0, 0, 100, 100)), StoredFace(2, (200, 0, 300, 100), added_by_hand=True)]
+
+    assert plan_reanalysis(stored, [(0, 0, 100, 100), (200, 0, 300, 100)]).kept == {0: 1, 1: 2}
+    assert plan_reanalysis(stored, [(200, 0, 300, 100)]).removed == [1]  # a detected face may go
+    with pytest.raises(HandFaceNotAnalysedError, match=r"faces \[2\] were added by hand"):
+        plan_reanalysis(stored, [(0, 0, 100, 100)])
+
+
+def test_distinct_boxes_keep_one_box_per_place_the_first() -> None:
+    boxes = [(0, 0, 100, 100), (5, 5, 105, 105), (200, 0, 300, 100)]
+    assert distinct_boxes(boxes) == [(0, 0, 100, 100), (200, 0, 300, 100)]
+    assert distinct_boxes([]) == []

@@ -74,7 +74,8 @@ class Bus:
     connection: AbstractRobustConnection
     detected: dict[str, list[dict]] = field(default_factory=dict)
     persons_updated: list[dict] = field(default_factory=list)
-    announced: list[tuple[str, dict]] = field(default_factory=list)  # person.forgotten, faces.deleted
+    # person.forgotten, faces.deleted, face.added
+    announced: list[tuple[str, dict]] = field(default_factory=list)
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def start(self) -> None:
@@ -87,6 +88,7 @@ class Bus:
         await observer.bind(self.exchange, "persons.updated")
         await observer.bind(self.exchange, "person.forgotten")
         await observer.bind(self.exchange, "faces.deleted")
+        await observer.bind(self.exchange, "face.added")
         await observer.consume(self._on_event, no_ack=True)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
@@ -94,7 +96,7 @@ class Bus:
         async with self._arrived:
             if message.routing_key == "persons.updated":
                 self.persons_updated.append(data)
-            elif message.routing_key in ("person.forgotten", "faces.deleted"):
+            elif message.routing_key in ("person.forgotten", "faces.deleted", "face.added"):
                 self.announced.append((message.routing_key, data))
             else:
                 self.detected.setdefault(data["image_id"], []).append(data)

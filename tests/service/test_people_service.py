@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from service_helpers import RunningService, running_service, service_settings
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 
 from image_grouping.consumer.publisher import REASON_HEADER
 from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
 from image_grouping.models.messages import (
+    AddFace,
     AssignFace,
     ChooseCover,
     EventData,
@@ -68,6 +70,11 @@ def _thumbnail_files(folder: Path) -> list[Path]:
 async def _scalar(service: RunningService, query: Any) -> Any:
     async with service.adapters.engine.connect() as connection:
         return await connection.scalar(query)
+
+
+async def _rows(service: RunningService, query: Any) -> list[Any]:
+    async with service.adapters.engine.connect() as connection:
+        return list((await connection.execute(query)).all())
 
 
 async def _updated_after(service: RunningService, command: EventData) -> dict[str, Any]:
@@ -152,3 +159,96 @@ async def test_every_people_command_through_the_recluster_queue(
         reasons = sorted(str(letter.headers[REASON_HEADER]) for letter in letters)
         assert reasons == sorted([reason for _, reason in bad] + ["invalid_message"])
         assert await _scalar(service, select(persons.c.name).where(persons.c.id == bob)) is None
+
+
+async def _until(condition: Callable[[], bool], within: float = 60) -> None:
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - polls what the observer collected
+            await asyncio.sleep(0.1)
+
+
+async def test_adding_a_face_by_hand_through_the_recluster_queue(
+    tmp_path: Path, fresh_postgres_url: str, rabbitmq_url: str, eval_dir: Path
+) -> None:
+    settings = service_settings(tmp_path, fresh_postgres_url, rabbitmq_url, service="recognition")
+    async with running_service(settings) as service:
+        pack = settings.model_pack
+        path = service.add_photo(eval_dir / "identity" / "Al_Gore" / "Al_Gore_0001.jpg", "people")
+        # Where the face is, as the detector sees it, and a box a person would draw around it.
+        data = (eval_dir / "identity" / "Al_Gore" / "Al_Gore_0001.jpg").read_bytes()
+        (face,) = (await service.adapters.analyzer.analyze_async(data)).faces
+        x1, y1, x2, y2 = face.box
+        drawn = (x1 - 5.0, y1 - 20.0, x2 + 5.0, y2 + 5.0)
+        async with service.adapters.unit_of_work() as uow:
+            # Stored as if the detector had found nothing in it; a person to give the face to.
+            image = await uow.images.get_or_create("gore-1", path)
+            await uow.save_analysis(image.id, "h1", len(data), ImageAnalysis(250, 250, pack, []), [])
+            gone = await uow.images.get_or_create("gone-1", f"{settings.db_prefix}/people/none.jpg")
+            await uow.save_analysis(gone.id, "h2", 1, ImageAnalysis(250, 250, pack, []), [])
+            al = await uow.persons.create(name="Al")
+            # A person of another pack's faces.
+            other = await uow.images.get_or_create("other", "//nas/photos/other.jpg")
+            analysis = ImageAnalysis(1000, 800, "other_pack", [_face(BOXES[0], 99)])
+            (other_pack_face,) = await uow.save_analysis(other.id, "h3", 1, analysis, [None])
+            elsewhere = await uow.persons.create()
+            await uow.faces.assign_by_hand(other_pack_face, elsewhere)
+            await uow.commit()
+
+        command = AddFace(image_id=image.id, box=drawn, person_id=al)
+        await service.bus.publish(command)
+        await _until(lambda: len(service.bus.announced) == 1)
+        kind, added = service.bus.announced[0]
+        assert kind == "face.added"
+        assert (added["image_id"], added["person_id"], added["model_pack"]) == (image.id, al, pack)
+        row = (await _rows(service, select(faces).where(faces.c.id == added["face_id"])))[0]
+        assert (row.added_by_hand, row.person_id, row.assigned_by) == (True, al, "manual")
+        assert float(np.frombuffer(row.embedding, "<f4") @ face.embedding) > 0.9
+        assert (tmp_path / row.thumbnail_path).is_file()
+        await _until(
+            lambda: any(
+                update["changes"].get("faces")
+                == [{"face_id": added["face_id"], "before": None, "after": al, "by": "hand"}]
+                for update in service.bus.persons_updated
+            )
+        )
+        await service.bus.wait_detected({"gore-1"})
+
+        # Delivered again: nothing added, nothing published (the rename after it is the next event).
+        await service.bus.publish(command)
+        await service.bus.publish(RenamePerson(person_id=al, name="Al Gore"))
+        await _until(
+            lambda: any(update["changes"].get("renamed") == [al] for update in service.bus.persons_updated)
+        )
+        assert len(service.bus.announced) == 1
+        assert (
+            await _scalar(
+                service, select(func.count()).select_from(faces).where(faces.c.image_id == image.id)
+            )
+            == 1
+        )
+
+        bad = [
+            (AddFace(image_id=10**9, box=drawn), "unknown_image"),
+            (
+                AddFace(image_id=image.id, box=(100.0, 100.0, 300.0, 300.0)),
+                "invalid_command",
+            ),  # past the edge
+            (AddFace(image_id=image.id, box=(10.0, 10.0, 60.0, 60.0), person_id=10**9), "unknown_person"),
+            (
+                AddFace(image_id=image.id, box=(10.0, 10.0, 60.0, 60.0), person_id=elsewhere),
+                "model_pack_mismatch",
+            ),
+            (AddFace(image_id=gone.id, box=drawn), "image_not_found"),
+        ]
+        for each, _ in bad:
+            await service.bus.publish(each)
+        letters = await service.bus.dead_letters(len(bad))
+        assert sorted(str(letter.headers[REASON_HEADER]) for letter in letters) == sorted(
+            reason for _, reason in bad
+        )
+        assert (
+            await _scalar(
+                service, select(func.count()).select_from(faces).where(faces.c.added_by_hand == true())
+            )
+            == 1
+        )

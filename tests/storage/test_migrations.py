@@ -22,7 +22,7 @@ from image_grouping.storage.database import async_url, engine_for_url, odbc_url
 from image_grouping.storage.migrations import render_upgrade_sql
 from image_grouping.storage.schema import images, metadata
 
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 TABLES = {
     "images",
     "faces",
@@ -73,7 +73,7 @@ async def test_migrations_create_the_schema_from_nothing_as_the_code_declares_it
         assert options == ["toast_tuple_target=8160"]
 
 
-@pytest.mark.parametrize("previous", ["0001", "0002", "0003", "0004"])
+@pytest.mark.parametrize("previous", ["0001", "0002", "0003", "0004", "0005"])
 async def test_upgrade_from_a_previous_revision_keeps_the_data(
     empty_engine: AsyncEngine, previous: str
 ) -> None:
@@ -117,6 +117,7 @@ def test_migrations_render_for_sql_server_in_offline_mode() -> None:
     assert "VARBINARY(max)" in sql
     assert "DATETIMEOFFSET" in sql
     assert "BIT NOT NULL" in sql  # persons.hidden
+    assert "ALTER TABLE faces ADD added_by_hand BIT NOT NULL DEFAULT 0" in sql  # old rows: 0
     assert "BOOLEAN" not in sql.upper()
     assert "AUTOINCREMENT" not in sql.upper()
     assert re.search(r"INSERT INTO database_identity \(id\) VALUES \('[0-9a-f]{32}'\)", sql)

@@ -98,6 +98,7 @@ async def _exercise_every_edit(
     await uow.images.find("id-1", "//srv/files/1.jpg")
     await uow.images.find(None, "//srv/files/1.jpg")
     await uow.images.forgotten_boxes(range(1, 1500))
+    await uow.images.hand_boxes([f"//srv/files/{n}.jpg" for n in range(1500)])
     await uow.faces.get(face_ids)
     await uow.faces.of_persons(persons)
     await uow.faces.of_images(range(1, 1500))

@@ -69,6 +69,7 @@ _RECORD_COLUMNS = (
     faces.c.person_id,
     faces.c.assigned_by,
     faces.c.thumbnail_path,
+    faces.c.added_by_hand,
 )
 
 
@@ -80,6 +81,7 @@ def _face_record(row: Row[Any]) -> FaceRecord:
         person_id=row.person_id,
         manual=row.assigned_by == BY_HAND,
         thumbnail_path=row.thumbnail_path,
+        added_by_hand=bool(row.added_by_hand),
     )
 
 

@@ -7,12 +7,25 @@ from typing import Any
 
 import numpy as np
 import structlog
-from sqlalchemy import ColumnElement, Row, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from image_grouping.models.face_identity import ReanalysisPlan, StoredFace, plan_reanalysis
-from image_grouping.models.faces import DetectedFace, ImageAnalysis
+from image_grouping.models.face_identity import ReanalysisPlan, StoredFace, distinct_boxes, plan_reanalysis
+from image_grouping.models.faces import Box, DetectedFace, ImageAnalysis
 from image_grouping.models.records import ImageRecord, ImageResult
 from image_grouping.storage.repositories.common import chunks, now, path_key
 from image_grouping.storage.schema import AUTOMATIC, cannot_links, face_tombstones, faces, images, persons
@@ -52,6 +65,7 @@ def _face_values(face: DetectedFace, index: int, thumbnail_path: str | None) -> 
         "pose": face.quality.pose,
         "thumbnail_path": thumbnail_path,
         "embedding": np.asarray(face.embedding, "<f4").ravel().tobytes(),
+        "added_by_hand": bool(face.added_by_hand),
     }
 
 
@@ -324,19 +338,47 @@ class ImageRepository:
         entry, an empty one if it has no faces."""
         current = and_(faces.c.image_id == images.c.id, faces.c.model_pack == images.c.model_pack)
         query = (
-            select(images.c.id, faces.c.id, faces.c.box_x1, faces.c.box_y1, faces.c.box_x2, faces.c.box_y2)
+            select(
+                images.c.id,
+                faces.c.id,
+                faces.c.added_by_hand,
+                faces.c.box_x1,
+                faces.c.box_y1,
+                faces.c.box_x2,
+                faces.c.box_y2,
+            )
             .select_from(images.outerjoin(faces, current))
             .order_by(images.c.id, faces.c.face_index)
         )
         found: dict[int, list[StoredFace]] = {}
         for chunk in chunks(image_ids):
-            for image_id, face_id, *box in await self._connection.execute(
+            for image_id, face_id, by_hand, *box in await self._connection.execute(
                 query.where(images.c.id.in_(chunk))
             ):
                 stored = found.setdefault(image_id, [])
                 if face_id is not None:  # the outer join's row of an image without faces
-                    stored.append(StoredFace(face_id, tuple(box)))
+                    stored.append(StoredFace(face_id, tuple(box), bool(by_hand)))
         return found
+
+    async def hand_boxes(self, source_paths: Sequence[str]) -> dict[str, list[Box]]:
+        """The boxes of the faces added by hand to the images registered under these paths, of every
+        model pack, one per place (a repack analyses the old pack's with the new one); paths whose image
+        has none are left out."""
+        keys = {path_key(path): path for path in source_paths}
+        by_key: dict[str, list[Box]] = {}
+        query = (
+            select(images.c.path_key, faces.c.box_x1, faces.c.box_y1, faces.c.box_x2, faces.c.box_y2)
+            .select_from(images.join(faces, faces.c.image_id == images.c.id))
+            .where(faces.c.added_by_hand == true())
+            # the photo's current pack first: its boxes are the ones kept where two packs' overlap
+            .order_by(
+                images.c.path_key, case((faces.c.model_pack == images.c.model_pack, 0), else_=1), faces.c.id
+            )
+        )
+        for chunk in chunks(sorted(keys)):
+            for key, *box in await self._connection.execute(query.where(images.c.path_key.in_(chunk))):
+                by_key.setdefault(key, []).append(tuple(box))  # type: ignore[arg-type]
+        return {keys[key]: distinct_boxes(boxes) for key, boxes in by_key.items()}
 
     # --- deletions (image_grouping.handlers.people) ---
 

@@ -35,6 +35,7 @@ _FACE_COLUMNS = (
     faces.c.thumbnail_path,
     faces.c.assigned_by,
     faces.c.person_id,
+    faces.c.added_by_hand,
 )
 # clearest faces first: the ones a person recognises at a glance
 _FACE_ORDER = (faces.c.det_score.desc(), faces.c.id)
@@ -49,6 +50,7 @@ def _face(row: Row[Any]) -> FaceView:
         thumbnail=row.thumbnail_path,
         assigned_by=row.assigned_by,
         person_id=row.person_id,
+        added_by_hand=bool(row.added_by_hand),
     )
 
 
