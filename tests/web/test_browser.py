@@ -17,6 +17,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from typing import Any
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, select
+from web_library import build_library, web_settings
 
-from image_grouping.config import load_settings
+from image_grouping.config import Settings, load_settings
 from image_grouping.storage.schema import cannot_links, faces, persons
 from image_grouping.web import create_app
 
@@ -104,6 +107,13 @@ def server(eval_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     database = f"sqlite:///{root / 'people.sqlite3'}"
     command(root, "scan", str(_photos(eval_dir, root / "photos")), "--db", database, "--no-report")
     settings = load_settings(database_url=database, system_storage=root / "data", log_root=root / "logs")
+    with serving(settings) as url:
+        yield Server(url, root, database)
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """The app on a free port of 127.0.0.1, in a thread (uvicorn, as `image-grouping serve` runs it)."""
     port = _free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
     running = uvicorn.Server(config)
@@ -115,7 +125,7 @@ def server(eval_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         assert time.monotonic() < deadline, "the web app did not start"
         time.sleep(0.05)
     try:
-        yield Server(f"http://127.0.0.1:{port}", root, database)
+        yield f"http://127.0.0.1:{port}"
     finally:
         running.should_exit = True
         thread.join(timeout=30)
@@ -283,3 +293,45 @@ def test_correcting_persons_in_the_browser(server: Server, page: Any) -> None:
     assert merged_away not in after
     assert forgotten not in after
     assert newcomer not in after
+
+
+def test_signing_in_and_answering_is_this_x(page: Any, tmp_path: Path) -> None:
+    """With API_TOKEN: the pages ask for it once, then load (thumbnails too, through the cookie); on the
+    unassigned faces "Is this Bob?" is answered Yes, and a stranger's face starts a new person."""
+    from playwright.sync_api import expect
+
+    database = f"sqlite:///{tmp_path / 'web.sqlite3'}"
+    settings = web_settings(database, tmp_path, api_token="let-me-in")
+    with ThreadPoolExecutor(1) as thread:  # its own event loop: Playwright's runs in this thread
+        library = thread.submit(build_library, settings, tmp_path).result()
+    server = Server("", tmp_path, database)
+    with serving(library.settings) as url:
+        page.goto(url + "/")
+        expect(page).to_have_url(url + "/sign-in")
+        page.fill("#token", "not it")
+        page.click("button[type=submit]")
+        expect(page.locator(".error")).to_have_text("That token is not the server's.")
+        page.fill("#token", "let-me-in")
+        page.click("button[type=submit]")
+        expect(page).to_have_url(url + "/")
+        page.wait_for_load_state("networkidle")
+        covers = page.locator(".card img")
+        assert covers.count() == 4
+        assert covers.evaluate_all("images => images.every(img => img.complete && img.naturalWidth > 0)")
+
+        page.click("text=Unassigned faces")
+        question = page.locator(f'.face[data-face-id="{library.like_bob}"] .question')
+        expect(question).to_have_text("Is this Bob?")
+        page.click(f'[data-action=accept-face][data-face-id="{library.like_bob}"]')
+        said(page, "Face added to the person.")
+        assert server.person_of(library.like_bob) == (library.bob, "manual")
+        page.click(f'[data-action=new-person][data-face-id="{library.stranger}"]')
+        said(page, "New person made.")
+        stranger_person, _ = server.person_of(library.stranger)
+        assert stranger_person not in (None, library.ada, library.bob, library.cy, library.ada_too)
+
+        # The photo: every face boxed, each named after its person.
+        page.goto(f"{url}/photos/{library.photos[3]}")
+        boxes = page.locator(".box span")
+        expect(boxes).to_have_text([f"Unnamed #{library.ada_too}", "Bob"], use_inner_text=True)
+        assert page.locator(".frame img").evaluate("img => img.complete && img.naturalWidth > 0")
