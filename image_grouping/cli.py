@@ -287,18 +287,6 @@ def report(
     typer.echo(str(asyncio.run(run())))
 
 
-LOOPBACK_HOSTS = {"localhost"}
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host in LOOPBACK_HOSTS
-
-
 @app.command()
 def serve(
     db: DatabaseUrl = None,
@@ -316,7 +304,9 @@ def serve(
 ) -> None:
     """Serve the People web app and its HTTP API (OpenAPI at /docs): see and correct the persons."""
     settings = _settings(database_url=db)
-    if not _is_loopback(host) and settings.api_token is None:
+    from image_grouping.web.app import is_loopback
+
+    if not is_loopback(host) and settings.api_token is None:
         typer.echo(
             f"API_TOKEN: required to listen on {host} (anyone who reaches it could read and change the "
             "persons); set it, or listen on 127.0.0.1",
@@ -338,7 +328,7 @@ def serve(
 
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"People web app: http://{shown}:{port}/  (API: http://{shown}:{port}/docs; Ctrl-C stops it)")
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(create_app(settings, host=host), host=host, port=port, log_config=None, access_log=False)
 
 
 def _progress(total: int, description: str) -> tqdm:

@@ -12,16 +12,19 @@ With API_TOKEN set, every /api request and every page needs it: as `Authorizatio
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from image_grouping.config import Settings
 from image_grouping.errors import (
@@ -78,9 +81,32 @@ def _signed_in(request: Request, credentials: HTTPAuthorizationCredentials | Non
 async def require_token(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """The /api guard: 401 without the right token (when there is one)."""
+    """The /api guard: 401 without the right token (when there is one); an edit sent by a page of
+    another site is refused."""
     if not _signed_in(request, credentials):
         raise Unauthorized
+    refuse_cross_site(request)
+
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def refuse_cross_site(request: Request) -> None:
+    """Another site's page may make the browser send a form or a bodyless request here (to 127.0.0.1,
+    with the sign-in cookie): browsers say where such a request comes from (Origin, Sec-Fetch-Site), and
+    an edit from elsewhere is refused. Clients that are no browser send neither header."""
+    if request.method in SAFE_METHODS:
+        return
+    origin = request.headers.get("origin")
+    fetch_site = request.headers.get("sec-fetch-site")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise CrossSite
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        raise CrossSite
+
+
+class CrossSite(Exception):
+    """An edit sent from another site's page."""
 
 
 async def require_sign_in(
@@ -91,8 +117,12 @@ async def require_sign_in(
         raise NotSignedIn
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The app over the database and storage `settings` name (the adapters are built when it starts)."""
+def create_app(settings: Settings, *, host: str | None = None) -> FastAPI:
+    """The app over the database and storage `settings` name (the adapters are built when it starts).
+
+    Listening on a loopback `host`, it answers only requests addressed to that host by name or number:
+    a page of another site whose name was made to point at 127.0.0.1 (DNS rebinding) gets nothing.
+    """
     from image_grouping.bootstrap import bootstrap
     from image_grouping.web import api, pages
     from image_grouping.web.files import WebFiles
@@ -129,14 +159,32 @@ def create_app(settings: Settings) -> FastAPI:
             headers={"WWW-Authenticate": "Bearer"},
         )
 
+    @app.exception_handler(CrossSite)
+    async def cross_site(request: Request, error: CrossSite) -> Response:
+        return JSONResponse(
+            {"detail": "an edit from another site's page is refused", "reason": "cross_site"},
+            status_code=403,
+        )
+
     @app.exception_handler(NotSignedIn)
     async def not_signed_in(request: Request, error: NotSignedIn) -> Response:
         return RedirectResponse("/sign-in", status_code=303)
 
+    if host is not None and is_loopback(host):
+        names = ["127.0.0.1", "localhost", "::1", "[::1]", host]
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=names)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.1, ::1, localhost: only this machine can reach it."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _version() -> str:

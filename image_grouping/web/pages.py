@@ -18,7 +18,7 @@ from image_grouping.bootstrap import Adapters, suggestion_params
 from image_grouping.handlers import queries
 from image_grouping.models.views import PersonSummary
 from image_grouping.web.api import MAX_ID, adapters
-from image_grouping.web.app import TOKEN_COOKIE, require_sign_in, templates
+from image_grouping.web.app import TOKEN_COOKIE, refuse_cross_site, require_sign_in, templates
 
 PERSONS_PER_PAGE = 100
 FACES_PER_PAGE = 200
@@ -133,6 +133,7 @@ async def sign_in_page(request: Request, failed: bool = False) -> Response:
 async def sign_in(request: Request) -> Response:
     """The token typed in the form, kept in a cookie the browser sends with every request of this site
     only (SameSite=Strict: no other site can make it send it), unreadable by scripts."""
+    refuse_cross_site(request)
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
     given = (form.get("token") or [""])[0]
     expected = request.app.state.token

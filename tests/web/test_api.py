@@ -413,3 +413,31 @@ def test_serve_refuses_to_listen_beyond_localhost_without_a_token(tmp_path: Path
     assert "API_TOKEN" in result.stderr
     assert not (tmp_path / "x.sqlite3").exists()
     assert "--library" in CliRunner().invoke(cli, ["serve", "--help"]).stdout
+
+
+def test_edits_from_another_sites_page_are_refused(client: TestClient, library: Library) -> None:
+    """A page elsewhere can make the browser post a form or a bodyless request to the app (CSRF)."""
+    url = f"/api/faces/{library.faces[0][0]}/reject"
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused(client.post(url, headers=headers), 403, "cross_site")
+        refused(client.delete(f"/api/persons/{library.bob}", headers=headers), 403, "cross_site")
+    assert rows(library, select(faces.c.person_id).where(faces.c.id == library.faces[0][0])) == [
+        (library.ada,)
+    ]
+    assert rows(library, select(persons.c.id).where(persons.c.id == library.bob)) == [(library.bob,)]
+    # The app's own pages (same origin), and clients that are no browser, may edit.
+    same_site = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    assert types(client.patch(f"/api/persons/{library.bob}", json={"name": "Bobby"}, headers=same_site))
+    assert types(client.post(url)) == ["persons.updated"]
+
+
+def test_on_localhost_only_requests_addressed_to_it(library: Library) -> None:
+    """DNS rebinding: another site's name pointed at 127.0.0.1 reaches the app, but not by its name."""
+    with TestClient(
+        create_app(library.settings, host="127.0.0.1"), base_url="http://127.0.0.1:8000"
+    ) as client:
+        assert client.get("/api/persons").status_code == 200
+        assert client.get("/api/persons", headers={"Host": "localhost:8000"}).status_code == 200
+        rebound = client.get("/api/persons", headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 400
+        assert "Ada" not in rebound.text

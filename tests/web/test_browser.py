@@ -115,7 +115,8 @@ def server(eval_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def serving(settings: Settings) -> Iterator[str]:
     """The app on a free port of 127.0.0.1, in a thread (uvicorn, as `image-grouping serve` runs it)."""
     port = _free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    app = create_app(settings, host="127.0.0.1")  # as `serve` makes it
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     running = uvicorn.Server(config)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
