@@ -246,6 +246,8 @@ async def show_person(
     "/persons/{person_id}", response_model=Changes, summary="Rename, hide or show, choose the cover"
 )
 async def edit_person(deps: Deps, person_id: Id, edit: PersonEdit) -> Changes:
+    """Each change given is its own command (rename, hide, cover, in that order), as on RabbitMQ: a
+    refused one is answered with its refusal, and those before it stay done."""
     given = edit.model_fields_set
     if not given:
         raise InvalidCommandError("give a name, hidden or cover_face_id")

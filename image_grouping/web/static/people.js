@@ -61,6 +61,8 @@ function removeFace(faceId) {
 
 const person = () => document.querySelector(".person-heading");
 
+const namedPersons = new Map(); // lower-cased name -> ids, for a name typed without its number
+
 async function loadPersonChoices() {
   const list = document.getElementById("person-choices");
   if (!list || list.childElementCount) return;
@@ -71,6 +73,10 @@ async function loadPersonChoices() {
     const option = document.createElement("option");
     option.value = `${each.name || "Unnamed"} #${each.id}`;
     list.append(option);
+    if (each.name) {
+      const key = each.name.toLowerCase();
+      namedPersons.set(key, [...(namedPersons.get(key) || []), each.id]);
+    }
   }
 }
 
@@ -83,8 +89,10 @@ function createdPerson(answer) {
 }
 
 function personIdFrom(text) {
-  const number = text.match(/#?(\d+)\s*$/);
-  return number ? Number(number[1]) : undefined;
+  const number = text.match(/#(\d+)\s*$/) || text.match(/^(\d+)$/); // "Name #12", or "12"
+  if (number) return Number(number[1]);
+  const named = namedPersons.get(text.toLowerCase()) || [];
+  return named.length === 1 ? named[0] : undefined; // two persons of one name: pick from the list
 }
 
 const actions = {
