@@ -1,6 +1,7 @@
 """The read side of the people: what a photo library's People view asks (persons, a person's faces, the
 unassigned faces with the person each probably is, persons probably one, photos showing some persons, one
-photo with its faces). Plain functions over a unit of work; the CLI and the web app call them alike.
+photo with its faces, and the stored paths of a face's thumbnail and of a photo, which the web app serves).
+Plain functions over a unit of work; the CLI and the web app call them alike.
 
 Each opens its own read transaction, commits nothing, and refuses an unknown id with the refusal the
 commands use (UnknownPersonError, UnknownImageError): one line and exit 2 on the CLI, 404 over HTTP.
