@@ -336,3 +336,13 @@ def test_signing_in_and_answering_is_this_x(page: Any, tmp_path: Path) -> None:
         boxes = page.locator(".box span")
         expect(boxes).to_have_text([f"Unnamed #{library.ada_too}", "Bob"], use_inner_text=True)
         assert page.locator(".frame img").evaluate("img => img.complete && img.naturalWidth > 0")
+
+        # Hide a person: it leaves the grid, and comes back with "Show hidden persons".
+        page.goto(f"{url}/persons/{library.cy}")
+        page.click("[data-action=hide]")
+        expect(page.locator("[data-action=hide]")).to_have_text("Show in People")
+        assert server.rows(select(persons.c.hidden).where(persons.c.id == library.cy)) == [(True,)]
+        page.goto(url + "/")
+        expect(page.locator(f'.card[data-person-id="{library.cy}"]')).to_have_count(0)
+        page.click("text=Show hidden persons")
+        expect(page.locator(f'.card[data-person-id="{library.cy}"]')).to_contain_text("hidden")
