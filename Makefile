@@ -9,7 +9,7 @@ DIR ?= ../shared/eval/groups
 $(BIN)/image-grouping: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,licence-clean]'
 	@touch $@
 
 setup: system-packages $(BIN)/image-grouping

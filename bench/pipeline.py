@@ -15,6 +15,10 @@ rounds (and the sets within a round) so that both see the same machine load:
   detect, align, embed, quality, thumbnails).
 
     .venv/bin/python bench/pipeline.py --images 61 --small 150 --rounds 2
+
+Another model pack: `--pack yunet_dlib` runs ours with that pack; `--reference-pack buffalo_sc` makes the
+reference our own pipeline with that pack instead of InsightFace (two packs side by side, no insightface
+needed). Embedding agreement is printed only when both sides make embeddings of one kind.
 """
 
 from __future__ import annotations
@@ -76,15 +80,17 @@ def link_small_photos(folder: Path, count: int, seed: int) -> list[Path]:
 Result = tuple[list[np.ndarray], list[np.ndarray], list[float], float]
 
 
-def run_ours(paths: list[Path]) -> Result:
+def run_ours(paths: list[Path], pack: str | None = None) -> Result:
     from image_grouping.bootstrap import load_analyzer
     from image_grouping.config import load_settings
 
-    settings = load_settings()
+    settings = load_settings(**({"model_pack": pack} if pack else {}))
     analyzer = load_analyzer(settings)
     analyzer.analyze(paths[0].read_bytes())  # warm-up, like the reference's
+    size = analyzer.embedding_dim
     print(
-        f"ours: {settings.analysis_workers} analysis workers, {settings.max_in_flight} images in flight",
+        f"ours ({settings.model_pack}): {settings.analysis_workers} analysis workers, "
+        f"{settings.max_in_flight} images in flight",
         flush=True,
     )
 
@@ -95,7 +101,7 @@ def run_ours(paths: list[Path]) -> Result:
             faces = (await analyzer.analyze_async(data)).faces
             latency = time.perf_counter() - started
         boxes = np.array([face.box for face in faces], dtype=np.float32).reshape(-1, 4)
-        embeddings = np.array([face.embedding for face in faces], dtype=np.float32).reshape(-1, 512)
+        embeddings = np.array([face.embedding for face in faces], dtype=np.float32).reshape(-1, size)
         return boxes, embeddings, latency
 
     async def analyse_all() -> list[tuple[np.ndarray, np.ndarray, float]]:
@@ -130,9 +136,12 @@ def run_insightface(paths: list[Path]) -> Result:
     return boxes, embeddings, latencies, time.perf_counter() - started
 
 
-def side(name: str, folder: Path, out: Path) -> None:
+def side(name: str, folder: Path, out: Path, pack: str | None) -> None:
     paths = sorted(folder.glob("*.jpg"))
-    boxes, embeddings, latencies, seconds = (run_ours if name == "ours" else run_insightface)(paths)
+    if name == "ours" or pack:
+        boxes, embeddings, latencies, seconds = run_ours(paths, pack)
+    else:
+        boxes, embeddings, latencies, seconds = run_insightface(paths)
     np.savez(
         out,
         seconds=seconds,
@@ -178,18 +187,18 @@ def agreement(ours: dict, reference: dict) -> tuple[list[float], int, int]:
     return cosines, only_ours, only_reference
 
 
-def run_side(name: str, folder: Path, out: Path) -> dict:
+def run_side(name: str, folder: Path, out: Path, pack: str | None) -> dict:
     command = [sys.executable, __file__, "--side", name, "--folder", str(folder), "--out", str(out)]
-    subprocess.run(command, check=True)
+    subprocess.run(command + (["--side-pack", pack] if pack else []), check=True)
     return dict(np.load(out))
 
 
-def report(results: dict, images: int) -> None:
+def report(results: dict, images: int, labels: dict[str, str]) -> None:
     for name in ("insightface", "ours"):
         result = results[name]
         faces, seconds = int(result["counts"].sum()), float(result["seconds"])
         print(
-            f"{name:12s} {images / seconds:6.2f} images/s {faces / seconds:7.2f} faces/s "
+            f"{labels[name]:12s} {images / seconds:6.2f} images/s {faces / seconds:7.2f} faces/s "
             f"({faces} faces)  latency median {1000 * np.median(result['latencies']):.0f} ms "
             f"p95 {1000 * np.percentile(result['latencies'], 95):.0f} ms  "
             f"peak RSS {float(result['peak_rss_mb']):.0f} MB"
@@ -208,12 +217,17 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=2, help="Runs of each side, alternating.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pack", help="Model pack of ours (default MODEL_PACK).")
+    parser.add_argument(
+        "--reference-pack", help="The reference is ours with this pack instead of InsightFace."
+    )
     parser.add_argument("--side", choices=["ours", "insightface"], help=argparse.SUPPRESS)
+    parser.add_argument("--side-pack", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
-        side(args.side, args.folder, args.out)
+        side(args.side, args.folder, args.out, args.side_pack)
         return
 
     with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as temporary:
@@ -229,14 +243,23 @@ def main() -> None:
         last: dict[str, dict] = {}
         for round_index in range(args.rounds):
             order = ("insightface", "ours") if round_index % 2 == 0 else ("ours", "insightface")
+            labels = {
+                "insightface": f"ours ({args.reference_pack})" if args.reference_pack else "insightface",
+                "ours": f"ours ({args.pack})" if args.pack else "ours",
+            }
             for set_name, folder in folders.items():
-                results = {name: run_side(name, folder, Path(temporary) / f"{name}.npz") for name in order}
+                packs = {"ours": args.pack, "insightface": args.reference_pack}
+                results = {
+                    name: run_side(name, folder, Path(temporary) / f"{name}.npz", packs[name])
+                    for name in order
+                }
                 print(f"--- {set_name}, round {round_index + 1} ({' then '.join(order)})")
-                report(results, sizes[set_name])
+                report(results, sizes[set_name], labels)
                 ratios[set_name].append(
                     float(results["insightface"]["seconds"]) / float(results["ours"]["seconds"])
                 )
-                print(f"throughput ratio ours / insightface: {ratios[set_name][-1]:.2f}x")
+                ratio = ratios[set_name][-1]
+                print(f"throughput ratio {labels['ours']} / {labels['insightface']}: {ratio:.2f}x")
                 last[set_name] = results
 
     for set_name, results in last.items():
@@ -245,14 +268,20 @@ def main() -> None:
             f"throughput ratio over {len(ratios[set_name])} rounds: "
             + ", ".join(f"{r:.2f}x" for r in ratios[set_name])
         )
-        cosines, only_ours, only_reference = agreement(results["ours"], results["insightface"])
-        if cosines:
+        same_kind = results["ours"]["embeddings"].shape[1:] == results["insightface"]["embeddings"].shape[1:]
+        cosines, only_ours, only_reference = (
+            agreement(results["ours"], results["insightface"]) if same_kind else ([], 0, 0)
+        )
+        if not same_kind:
+            print("embeddings of two packs: no agreement to measure")
+        elif cosines:
             median, fifth = np.median(cosines), np.percentile(cosines, 5)
             print(
                 f"embedding agreement over {len(cosines)} matched faces: median cosine {median:.4f}, "
                 f"5th percentile {fifth:.4f}, min {min(cosines):.4f}"
             )
-        print(f"faces found only by ours: {only_ours}, only by insightface: {only_reference}")
+        if same_kind:
+            print(f"faces found only by ours: {only_ours}, only by the reference: {only_reference}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,12 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.config import Settings
 from image_grouping.grouping import GroupingParams
+from image_grouping.grouping.params import pack_defaults
 from image_grouping.handlers.add_face import AddFaceDeps
 from image_grouping.handlers.detection import DetectionDeps
 from image_grouping.handlers.people import PeopleDeps
 from image_grouping.handlers.ports import Analyzer, UnitOfWork, UnitOfWorkFactory
 from image_grouping.handlers.queries import SuggestionParams
 from image_grouping.handlers.recognition import GroupingDeps
+from image_grouping.packs import pack_info
 from image_grouping.retry import backoff
 from image_grouping.storage import (
     ImagePathResolver,
@@ -64,11 +66,35 @@ def vision_params(settings: Settings) -> VisionParams:
     return VisionParams(**{item.name: getattr(settings, item.name) for item in fields(VisionParams)})
 
 
-def grouping_params(settings: Settings) -> GroupingParams:
-    """The GROUPING_* settings, without their prefix."""
-    return GroupingParams(
-        **{item.name: getattr(settings, f"grouping_{item.name}") for item in fields(GroupingParams)}
-    )
+def grouping_params(settings: Settings, model_pack: str | None = None) -> GroupingParams:
+    """The GROUPING_* settings, without their prefix; those left unset are the pack's own (the pack of
+    `model_pack`, default MODEL_PACK)."""
+    values = {item.name: getattr(settings, f"grouping_{item.name}") for item in fields(GroupingParams)}
+    chosen = {name: value for name, value in values.items() if value is not None}
+    return replace(pack_defaults(model_pack or settings.model_pack), **chosen)
+
+
+def log_model_licence(settings: Settings) -> None:
+    """The start-up line that states the licence of the pack in use, a warning when it excludes commercial
+    use and nobody has said that it is accepted (ACCEPT_NON_COMMERCIAL_MODELS; false refused it already,
+    when the settings were read)."""
+    info = pack_info(settings.model_pack) if settings.model_dir is None else None
+    if info is None:
+        log.warning(
+            "model pack licence unknown: check that its weights' licence allows your use",
+            model_pack=settings.model_pack,
+            model_dir=str(settings.model_dir),
+        )
+        return
+    fields_ = {"model_pack": info.id, "licence": info.licence, "commercial_use": info.commercial_use}
+    if not info.commercial_use and settings.accept_non_commercial_models is None:
+        log.warning(
+            "model pack licensed for non-commercial use only: set MODEL_PACK=yunet_dlib for commercial use, "
+            "or ACCEPT_NON_COMMERCIAL_MODELS=true to accept the licence",
+            **fields_,
+        )
+    else:
+        log.info("model pack licence", **fields_)
 
 
 def suggestion_params(settings: Settings) -> SuggestionParams:
@@ -121,6 +147,7 @@ class Adapters:
             unit_of_work=self.unit_of_work,
             params=grouping_params(self.settings),
             model_pack=self.settings.model_pack,
+            params_of_pack=lambda model_pack: grouping_params(self.settings, model_pack),
             interval_seconds=self.settings.interval_seconds,
         )
 
@@ -229,4 +256,5 @@ def load_analyzer(settings: Settings) -> FaceAnalyzer:
     """The face analyzer the settings describe (vision is imported only by processes that detect)."""
     from image_grouping.vision import FaceAnalyzer
 
+    log_model_licence(settings)
     return FaceAnalyzer.load(vision_params(settings))

@@ -349,6 +349,29 @@ def healthcheck() -> None:
     raise typer.Exit(0 if healthy else 1)
 
 
+@app.command()
+def packs(json_output: JsonOutput = False) -> None:
+    """The model packs this installation can load (their files present and matching their sha256), with
+    their licence, whether it allows commercial use and their embedding size; MODEL_PACK chooses one."""
+    import json
+
+    from image_grouping.bootstrap import vision_params
+    from image_grouping.vision.model_pack import installed_packs
+
+    settings = _settings()
+    found = installed_packs(vision_params(settings))
+    if json_output:
+        keys = ("id", "licence", "commercial_use", "embedding_size")
+        typer.echo(json.dumps([{key: pack.to_json()[key] for key in keys} for pack in found], indent=2))
+        return
+    for pack in found:
+        current = " (MODEL_PACK)" if pack.id == settings.model_pack else ""
+        use = "commercial use allowed" if pack.commercial_use else "NO commercial use"
+        typer.echo(f"{pack.id}{current}: {pack.embedding_size}-d embeddings, {use}")
+        typer.echo(f"  licence: {pack.licence}")
+        typer.echo(f"  {pack.detector}; {pack.recogniser}")
+
+
 @eval_app.command("detection")
 def eval_detection(
     annotations: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="WIDER-style file.")],

@@ -11,11 +11,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from image_grouping.packs import KNOWN_PACKS, LICENCE_CLEAN_PACK, pack_info
 
 # Values that may hold a password: never echoed back in an error.
 _SECRET_VARIABLES = {"SQL_CONNECTION_STRING", "DATABASE_URL", "RABBITMQ_URL", "MSSQL_URL", "API_TOKEN"}
+
+
+def _per_pack(name: str) -> str:
+    """The description's note of each pack's own grouping threshold (the one used when unset)."""
+    values = ", ".join(f"{pack.id} {pack.grouping[name]:g}" for pack in KNOWN_PACKS.values())
+    return f"Unset: the pack's ({values})."
+
+
+def _per_pack_detection() -> str:
+    values = ", ".join(f"{pack.id} {pack.det_score_threshold:g}" for pack in KNOWN_PACKS.values())
+    return f"Unset: the pack's ({values})."
 
 
 class SettingsError(RuntimeError):
@@ -71,11 +84,18 @@ class Settings(BaseSettings):
     # --- Face analysis ------------------------------------------------------------------------------
     model_pack: str = Field(
         default="buffalo_sc",
-        description="Model pack id stored with every embedding; buffalo_sc ships with the package. "
+        description="Model pack id stored with every embedding: buffalo_sc (non-commercial licence, ships "
+        "with the package) or yunet_dlib (commercial use allowed, the licence-clean extra). "
         "With MODEL_DIR it defaults to that folder's name.",
     )
     model_dir: Path | None = Field(
         default=None, description="Folder with another SCRFD + ArcFace pack (e.g. buffalo_l, antelopev2)."
+    )
+    # Unset keeps existing deployments running with a warning at start-up; production sets it either way.
+    accept_non_commercial_models: bool | None = Field(
+        default=None,
+        description="true: run a pack licensed for non-commercial use only (buffalo_sc); false: refuse to "
+        "start with one; unset: run it and warn at start-up.",
     )
     execution_provider: Literal["cpu", "cuda"] = Field(
         default="cpu", description="onnxruntime provider; CUDA is hidden unless this says cuda."
@@ -88,7 +108,9 @@ class Settings(BaseSettings):
     analysis_workers: int = Field(
         default=0, ge=0, description="Images analysed at the same time (sharing the models); 0: one per CPU."
     )
-    det_score_threshold: float = Field(default=0.5, gt=0, lt=1, description="SCRFD score threshold.")
+    det_score_threshold: float | None = Field(
+        default=None, gt=0, lt=1, description="Detector score threshold. " + _per_pack_detection()
+    )
     det_nms_threshold: float = Field(default=0.4, gt=0, lt=1, description="SCRFD NMS IoU threshold.")
     det_input_size: int = Field(default=640, ge=160, description="SCRFD input long side, pixels.")
     # 12: recall on ../shared/eval/detection above plain insightface's at fewer FP/image (bench/detection.py).
@@ -164,25 +186,41 @@ class Settings(BaseSettings):
     )
 
     # --- Grouping -----------------------------------------------------------------------------------
-    # Cosine similarities of the pack's unit embeddings; defaults tuned for buffalo_sc (see grouping/).
+    # Cosine similarities of the pack's unit embeddings. Unset: the pack's own value (grouping/params.py),
+    # measured on ../shared/eval for each pack.
     grouping_neighbours: int = Field(default=16, ge=2, le=256, description="k of the neighbour graph.")
-    grouping_link_similarity: float = Field(
-        default=0.36, ge=-1, le=1, description="Two faces this similar are linked in the neighbour graph."
-    )
-    grouping_merge_similarity: float = Field(
-        default=0.34,
+    grouping_link_similarity: float | None = Field(
+        default=None,
         ge=-1,
         le=1,
-        description="Two groups merge when their faces are this similar on average.",
+        description="Two faces this similar are linked in the neighbour graph. "
+        + _per_pack("link_similarity"),
     )
-    grouping_cohesion_similarity: float = Field(
-        default=0.35, ge=-1, le=1, description="A new person's mean similarity between its faces, at least."
+    grouping_merge_similarity: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="Two groups merge when their faces are this similar on average. "
+        + _per_pack("merge_similarity"),
     )
-    grouping_member_similarity: float = Field(
-        default=0.3, ge=-1, le=1, description="A face less similar to its group's mean is cut loose."
+    grouping_cohesion_similarity: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="A new person's mean similarity between its faces, at least. "
+        + _per_pack("cohesion_similarity"),
     )
-    grouping_vote_similarity: float = Field(
-        default=0.36, ge=-1, le=1, description="A neighbour this similar votes for its person."
+    grouping_member_similarity: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="A face less similar to its group's mean is cut loose. " + _per_pack("member_similarity"),
+    )
+    grouping_vote_similarity: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1,
+        description="A neighbour this similar votes for its person. " + _per_pack("vote_similarity"),
     )
     grouping_min_votes: int = Field(
         default=3, ge=1, description="Votes a face needs to join a person (all faces of a smaller one)."
@@ -210,6 +248,18 @@ class Settings(BaseSettings):
         # The CPUs this process may run on (a container's cpuset), not the host's.
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return value or usable or 1
+
+    @field_validator("accept_non_commercial_models")
+    @classmethod
+    def _licence_gate(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        # A pack whose licence is known to exclude commercial use is refused when production says so.
+        pack = pack_info(info.data.get("model_pack", ""))
+        if value is False and info.data.get("model_dir") is None and pack and not pack.commercial_use:
+            raise ValueError(
+                f"MODEL_PACK {pack.id} is licensed for {pack.licence}; set MODEL_PACK={LICENCE_CLEAN_PACK} "
+                "(commercial use allowed) or ACCEPT_NON_COMMERCIAL_MODELS=true"
+            )
+        return value
 
     @field_validator("db_prefix")
     @classmethod

@@ -71,3 +71,21 @@ def test_storage_paths_follow_system_storage_unless_set(monkeypatch: pytest.Monk
 
     monkeypatch.setenv("THUMBNAIL_SAVE_PATH", "/mnt/thumbs")
     assert load_settings(_env_file=None).thumbnail_save_path == Path("/mnt/thumbs")
+
+
+def test_production_can_refuse_a_non_commercial_model_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCEPT_NON_COMMERCIAL_MODELS", "false")
+    monkeypatch.delenv("MODEL_PACK", raising=False)
+    monkeypatch.delenv("MODEL_DIR", raising=False)
+
+    with pytest.raises(SettingsError, match="ACCEPT_NON_COMMERCIAL_MODELS") as refused:
+        load_settings(_env_file=None)
+    assert "non-commercial" in str(refused.value)
+    assert "MODEL_PACK=yunet_dlib" in str(refused.value)
+
+    # The licence-clean pack starts; so does an explicit acceptance, and the unset default (it warns).
+    assert load_settings(_env_file=None, model_pack="yunet_dlib").accept_non_commercial_models is False
+    monkeypatch.setenv("ACCEPT_NON_COMMERCIAL_MODELS", "true")
+    assert load_settings(_env_file=None).model_pack == "buffalo_sc"
+    monkeypatch.delenv("ACCEPT_NON_COMMERCIAL_MODELS")
+    assert load_settings(_env_file=None).accept_non_commercial_models is None

@@ -18,7 +18,7 @@ import structlog
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import AMQPError
 
-from image_grouping.bootstrap import Adapters, bootstrap
+from image_grouping.bootstrap import Adapters, bootstrap, log_model_licence
 from image_grouping.config import Settings
 from image_grouping.consumer.liveness import keep_alive
 from image_grouping.consumer.publisher import BrokerPublisher, DryRunPublisher, Publisher
@@ -59,6 +59,7 @@ async def run_service(settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log.info("starting", service=settings.service, mode=settings.mode, dry_run=settings.dry_run)
+    log_model_licence(settings)
     detection = settings.service in (DETECTION, "both")
     async with contextlib.AsyncExitStack() as stack:
         services = bootstrap(settings, load_models=detection, wait_for_database=True)

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from image_grouping.packs import pack_info
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +29,10 @@ class GroupingParams:
     min_sharpness: float = 15.0
     max_abs_yaw: float = 0.6
     exact_search_limit: int = 20_000  # above this many faces the neighbour search is approximate
+
+
+def pack_defaults(model_pack: str) -> GroupingParams:
+    """The thresholds measured for the pack's embeddings (image_grouping/packs.py); a pack the service
+    does not ship (MODEL_DIR, an SCRFD + ArcFace pack) takes the defaults above, buffalo_sc's."""
+    info = pack_info(model_pack)
+    return replace(GroupingParams(), **info.grouping) if info is not None else GroupingParams()

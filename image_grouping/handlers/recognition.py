@@ -6,7 +6,7 @@ decision back, commits, and returns `persons.updated` with what changed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -46,6 +46,14 @@ class GroupingDeps:
     model_pack: str  # the pack of a recluster request that names none
     interval_seconds: float  # of the periodic recluster requests
     clock: Clock = field(default=_utc_now)
+    # The thresholds of another pack's faces (each pack's embeddings have their own similarity scale);
+    # None: `params` for every pack.
+    params_of_pack: Callable[[str], GroupingParams] | None = None
+
+    def params_for(self, model_pack: str) -> GroupingParams:
+        if self.params_of_pack is None or model_pack == self.model_pack:
+            return self.params
+        return self.params_of_pack(model_pack)
 
 
 async def handle_faces_detected(events: Sequence[FacesDetected], deps: GroupingDeps) -> list[Outcome]:
@@ -60,7 +68,7 @@ async def handle_faces_detected(events: Sequence[FacesDetected], deps: GroupingD
     async with deps.unit_of_work() as uow:
         for model_pack, index in last_of_pack.items():
             face_ids = [face for event in events if event.model_pack == model_pack for face in event.face_ids]
-            changes = await assign_new_faces(uow, face_ids, model_pack, deps.params)
+            changes = await assign_new_faces(uow, face_ids, model_pack, deps.params_for(model_pack))
             outcomes[index] = [PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())]
         await uow.commit()
     return outcomes
@@ -80,7 +88,7 @@ async def handle_recluster_requested(
                 log.info("periodic recluster skipped: one ran within this interval", model_pack=model_pack)
                 outcomes.append([])
                 continue
-            changes = await recluster_all(uow, model_pack, deps.params)
+            changes = await recluster_all(uow, model_pack, deps.params_for(model_pack))
             await uow.commit()
         outcomes.append([PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())])
     return outcomes

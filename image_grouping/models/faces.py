@@ -17,7 +17,7 @@ class FaceQuality:
 
     det_score: float
     size_px: float  # shorter side of the face box, in pixels of the oriented full-resolution image
-    sharpness: float  # variance of the Laplacian of the aligned 112x112 grey crop
+    sharpness: float  # variance of the Laplacian of the recogniser's aligned grey crop (112 or 150 px)
     yaw: float  # rough yaw from the landmarks: 0 frontal, +-1 full profile
     pose: Pose
 

@@ -1,4 +1,5 @@
-"""Face analysis: image bytes to detected, aligned and embedded faces (SCRFD + ArcFace on onnxruntime)."""
+"""Face analysis: image bytes to detected, aligned and embedded faces (SCRFD + ArcFace on onnxruntime, or
+the licence-clean YuNet + dlib ResNet)."""
 
 from image_grouping.vision.analyzer import FaceAnalyzer
 from image_grouping.vision.decode import DecodedImage, decode_image

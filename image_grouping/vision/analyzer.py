@@ -19,21 +19,20 @@ import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
-import cv2
 import numpy as np
 import structlog
 
 from image_grouping.errors import BadInputError
 from image_grouping.models.face_identity import box_iou, match_boxes
 from image_grouping.models.faces import DetectedFace, HandBox, ImageAnalysis
-from image_grouping.vision.align import ARCFACE_SIZE, alignment_matrix, matrix_scale
-from image_grouping.vision.arcface import ArcFace
+from image_grouping.vision.align import matrix_scale
 from image_grouping.vision.decode import DecodedImage, decode_image
-from image_grouping.vision.model_pack import load_model_pack
+from image_grouping.vision.model_pack import load_analysis_models
 from image_grouping.vision.params import VisionParams
 from image_grouping.vision.quality import face_quality
-from image_grouping.vision.scrfd import SCRFD, Detections
+from image_grouping.vision.scrfd import Detections
 from image_grouping.vision.thumbnail import thumbnail_jpeg
 
 log = structlog.get_logger(__name__)
@@ -67,6 +66,38 @@ def _concatenate(first: Detections, second: Detections) -> Detections:
     )
 
 
+class Detector(Protocol):
+    """A face detector with five landmarks (SCRFD, YuNet): RGB pixels in, detections out."""
+
+    input_size: int  # long side of the network input, pixels
+    score_threshold: float
+
+    def detect(
+        self, image: np.ndarray, *, closeup: bool = False, score_threshold: float | None = None
+    ) -> Detections: ...
+
+    def detect_closeup(self, image: np.ndarray) -> Detections: ...
+
+
+class Recognizer(Protocol):
+    """A recogniser with its own alignment (ArcFace, dlib's ResNet): aligned crops to unit embeddings."""
+
+    crop_size: int
+    embedding_dim: int
+
+    def alignment_matrix(self, landmarks: np.ndarray) -> np.ndarray:
+        """Image pixels to crop pixels from the detector's landmarks (sizes the decode)."""
+        ...
+
+    def align(
+        self, pixels: np.ndarray, matrix: np.ndarray, box: np.ndarray, landmarks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The crop and the pixels-to-crop matrix it was cut with (`matrix`, or a better one)."""
+        ...
+
+    def embed(self, crops: list[np.ndarray]) -> np.ndarray: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _FoundFaces:
     """Detections of one image in full-resolution pixels, with their aligned crops, before embedding."""
@@ -79,9 +110,11 @@ class _FoundFaces:
 
 
 class FaceAnalyzer:
-    """SCRFD + ArcFace on onnxruntime; load once, share between threads and tasks."""
+    """A model pack's detector and recogniser; load once, share between threads and tasks."""
 
-    def __init__(self, params: VisionParams, model_pack: str, detector: SCRFD, recognizer: ArcFace) -> None:
+    def __init__(
+        self, params: VisionParams, model_pack: str, detector: Detector, recognizer: Recognizer
+    ) -> None:
         self.params = params
         self.model_pack = model_pack
         self.detector = detector
@@ -92,15 +125,8 @@ class FaceAnalyzer:
     @classmethod
     def load(cls, params: VisionParams) -> FaceAnalyzer:
         """The analyzer of the model pack `params` names."""
-        pack = load_model_pack(params)
-        detector = SCRFD(
-            pack.detector,
-            input_size=params.det_input_size,
-            score_threshold=params.det_score_threshold,
-            nms_threshold=params.det_nms_threshold,
-            closeup_padding=params.det_closeup_padding,
-        )
-        return cls(params, pack.name, detector, ArcFace(pack.recognizer, pack.recognizer_path))
+        models = load_analysis_models(params)
+        return cls(params, models.name, models.detector, models.recognizer)
 
     def analyze(self, data: bytes, hand: Sequence[HandBox] = ()) -> ImageAnalysis:
         """Faces of one image: the detector's, then those added by hand (`hand`, in that order). Raises a
@@ -153,7 +179,8 @@ class FaceAnalyzer:
         image = self._decode(data, min_scale=0.0, min_long_side=self.detector.input_size)
         detections = self._detect(image)
         guessed = [landmarks_in_box(np.array(each.box)) for each in hand]
-        matrices = [alignment_matrix(landmarks) for landmarks in [*detections.landmarks, *guessed]]
+        alignment = self.recognizer.alignment_matrix
+        matrices = [alignment(landmarks) for landmarks in [*detections.landmarks, *guessed]]
         # The decode scale at which no aligned crop is enlarged more than allowed.
         needed = max((matrix_scale(m) for m in matrices), default=0.0) / self.params.align_max_upscale
         if image.scale < min(needed, 1.0) * 0.999:
@@ -166,15 +193,20 @@ class FaceAnalyzer:
                 np.array([index for index in range(len(detections)) if index not in covered], np.int64)
             )
             detections = _concatenate(detections, located)
-            matrices = [alignment_matrix(landmarks) for landmarks in detections.landmarks]
+            matrices = [alignment(landmarks) for landmarks in detections.landmarks]
         to_decoded = np.diag([image.scale_x, image.scale_y, 1.0])
+        to_decoded_points = np.array([image.scale_x, image.scale_y], dtype=np.float64)
         crops, crop_landmarks = [], []
-        for matrix, landmarks in zip(matrices, detections.landmarks, strict=True):
+        for matrix, box, landmarks in zip(matrices, detections.boxes, detections.landmarks, strict=True):
             # Full-resolution -> crop matrix, re-expressed for the decoded pixels.
-            decoded_matrix = matrix @ np.linalg.inv(to_decoded)
-            crops.append(
-                cv2.warpAffine(image.pixels, decoded_matrix, (ARCFACE_SIZE, ARCFACE_SIZE), borderValue=0.0)
+            crop, decoded_matrix = self.recognizer.align(
+                image.pixels,
+                matrix @ np.linalg.inv(to_decoded),
+                (box.reshape(2, 2) * to_decoded_points).reshape(4),
+                landmarks * to_decoded_points,
             )
+            crops.append(crop)
+            matrix = decoded_matrix @ to_decoded  # the matrix the crop was cut with, from full resolution
             crop_landmarks.append(landmarks @ matrix[:, :2].T + matrix[:, 2])
         return _FoundFaces(image, detections, crops, crop_landmarks, len(hand))
 

@@ -9,6 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from image_grouping.vision.align import ARCFACE_SIZE, alignment_matrix
+
 # Faces per run. Larger batches are no faster per face on CPU, and each face holds its intermediate
 # tensors (5-10 MB in buffalo_sc's recogniser) until the run ends: a detection batch of group photos
 # would otherwise hold hundreds of megabytes at once.
@@ -25,7 +27,9 @@ def _input_normalisation(model_path: Path) -> tuple[float, float]:
 
 
 class ArcFace:
-    """One ArcFace ONNX session; `embed` is thread-safe (onnxruntime sessions are)."""
+    """One ArcFace ONNX session; `align` and `embed` are thread-safe (onnxruntime sessions are)."""
+
+    crop_size = ARCFACE_SIZE
 
     def __init__(self, session: ort.InferenceSession, model_path: Path) -> None:
         self.session = session
@@ -34,6 +38,18 @@ class ArcFace:
         self.input_size = int(session.get_inputs()[0].shape[2])
         self.embedding_dim = int(session.get_outputs()[0].shape[1])
         self.input_mean, self.input_std = _input_normalisation(model_path)
+
+    def alignment_matrix(self, landmarks: np.ndarray) -> np.ndarray:
+        """Image pixels to crop pixels: the detector's five landmarks on ArcFace's template."""
+        return alignment_matrix(landmarks)
+
+    def align(
+        self, pixels: np.ndarray, matrix: np.ndarray, box: np.ndarray, landmarks: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The aligned crop of the face `matrix` (pixels to crop) maps, and that matrix."""
+        del box, landmarks  # the matrix already holds the landmarks
+        crop = cv2.warpAffine(pixels, matrix, (ARCFACE_SIZE, ARCFACE_SIZE), borderValue=0.0)
+        return crop, matrix
 
     def embed(self, crops: list[np.ndarray]) -> np.ndarray:
         """L2-normalised float32 embeddings (n, dim) of aligned RGB crops, `MAX_BATCH` at a time."""

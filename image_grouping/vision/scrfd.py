@@ -214,21 +214,25 @@ class SCRFD:
         return Detections(box_points.reshape(-1, 4), np.concatenate(scores), points.astype(np.float32))
 
     def _merge(self, views: list[Detections]) -> Detections:
-        """Each view's faces after NMS; a later view adds only faces that no earlier one found.
+        return merge_views(views, self.nms_threshold)
 
-        A face both views find keeps the box and landmarks of the larger view, which align it better.
-        """
-        kept: list[Detections] = []
-        for found in views:
-            found = found.take(nms(found.boxes, found.scores, self.nms_threshold))
-            if kept and len(found):
-                earlier = np.concatenate([view.boxes for view in kept])
-                overlap = _iou(found.boxes, earlier).max(axis=1, initial=0.0)
-                found = found.take(np.flatnonzero(overlap <= self.nms_threshold))
-            kept.append(found)
-        merged = Detections(
-            np.concatenate([found.boxes for found in kept]).astype(np.float32),
-            np.concatenate([found.scores for found in kept]).astype(np.float32),
-            np.concatenate([found.landmarks for found in kept]).astype(np.float32),
-        )
-        return merged.take(np.argsort(-merged.scores, kind="stable"))
+
+def merge_views(views: list[Detections], nms_threshold: float) -> Detections:
+    """Each view's faces after NMS; a later view adds only faces that no earlier one found.
+
+    A face both views find keeps the box and landmarks of the larger view, which align it better.
+    """
+    kept: list[Detections] = []
+    for found in views:
+        found = found.take(nms(found.boxes, found.scores, nms_threshold))
+        if kept and len(found):
+            earlier = np.concatenate([view.boxes for view in kept])
+            overlap = _iou(found.boxes, earlier).max(axis=1, initial=0.0)
+            found = found.take(np.flatnonzero(overlap <= nms_threshold))
+        kept.append(found)
+    merged = Detections(
+        np.concatenate([found.boxes for found in kept]).astype(np.float32),
+        np.concatenate([found.scores for found in kept]).astype(np.float32),
+        np.concatenate([found.landmarks for found in kept]).astype(np.float32),
+    )
+    return merged.take(np.argsort(-merged.scores, kind="stable"))

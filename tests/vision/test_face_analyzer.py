@@ -69,7 +69,7 @@ def test_outputs_are_complete(analyzer: FaceAnalyzer, groups_dir: Path, settings
         assert 0 <= x1 < x2 <= analysis.width + 5
         assert 0 <= y1 < y2 <= analysis.height + 5
         assert np.all((face.landmarks >= (x1, y1)) & (face.landmarks <= (x2, y2)))
-        assert face.quality.det_score >= settings.det_score_threshold
+        assert face.quality.det_score >= analyzer.detector.score_threshold == 0.5
         assert face.quality.size_px == pytest.approx(min(x2 - x1, y2 - y1))
         assert face.quality.sharpness > 0
         assert -1 <= face.quality.yaw <= 1
