@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--fddb", type=int, default=40)
     parser.add_argument("--margin", type=float, default=analyzer_module.HAND_SEARCH_MARGIN)
     parser.add_argument("--search-only", action="store_true", help="skip the box-only fallback")
+    parser.add_argument("--misses-only", action="store_true", help="only the faces the detector misses")
     arguments = parser.parse_args()
     analyzer_module.HAND_SEARCH_MARGIN = arguments.margin
     analyzer = load_analyzer(load_settings(intra_op_threads=1))
@@ -122,6 +123,8 @@ def main() -> None:
                 missed += len(hand)
                 found_again += sum(1 for face in hand if face.quality.det_score > 0)
         modes = [("search", search_min_iou)] + ([] if arguments.search_only else [("box only", 2.0)])
+        if arguments.misses_only:
+            modes = []
         for mode, min_iou in modes:
             analyzer_module.HAND_MIN_IOU = min_iou  # above 1: no detection is ever taken
             for name, (indexes, hand_boxes) in drawn.items():

@@ -1,6 +1,6 @@
 """Adding a face by hand (image_grouping.handlers.add_face) with fake adapters: what is stored, the
 events, the same command twice, a re-upload keeping the face, and each refusal with its reason, nothing
-written. tests/grouping/test_add_face.py does it with the real models, photos and databases."""
+written. tests/grouping/test_faces_added_by_hand.py does it with the real models, photos and databases."""
 
 from __future__ import annotations
 
