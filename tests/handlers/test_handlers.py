@@ -190,3 +190,33 @@ async def test_a_periodic_recluster_is_skipped_within_the_interval_and_a_manual_
     assert isinstance(later, list)
     assert len(later) == 1
     assert [run["status"] for run in database.committed.runs] == ["done"] * 3
+
+
+async def test_each_pack_is_grouped_with_its_own_thresholds(database: FakeDatabase) -> None:
+    photos = {
+        f"{person}-{n}.jpg": [face(0, vector)]
+        for person, faces in enumerate(people(3, 6))
+        for n, vector in enumerate(faces)
+    }
+    await handle_images_uploaded(
+        [ImageUploaded(image_id=path, path=path) for path in photos], detection(database, photos)
+    )
+    # The faces' pack is not the deps' current pack: its own thresholds apply. These are stricter than
+    # any two of the faces are similar (about 0.94 within a person), so nobody is grouped.
+    strict = GroupingParams(
+        link_similarity=0.99,
+        merge_similarity=0.99,
+        cohesion_similarity=0.99,
+        member_similarity=0.98,
+        vote_similarity=0.99,
+    )
+    other_current = replace(grouping(database), model_pack="another_pack")
+    deps = replace(other_current, params_of_pack=lambda pack: strict if pack == PACK else GroupingParams())
+
+    ((own,),) = await handle_recluster_requested([ReclusterRequested(model_pack=PACK)], deps)
+    ((shared,),) = await handle_recluster_requested([ReclusterRequested(model_pack=PACK)], other_current)
+
+    assert isinstance(own, PersonsUpdated)
+    assert isinstance(shared, PersonsUpdated)
+    assert own.changes["created"] == []
+    assert len(shared.changes["created"]) == 3  # the deps' params for every pack: three persons
