@@ -253,7 +253,8 @@ def main() -> None:
                     name: run_side(name, folder, Path(temporary) / f"{name}.npz", packs[name])
                     for name in order
                 }
-                print(f"--- {set_name}, round {round_index + 1} ({' then '.join(order)})")
+                sequence = " then ".join(labels[name] for name in order)
+                print(f"--- {set_name}, round {round_index + 1} ({sequence})")
                 report(results, sizes[set_name], labels)
                 ratios[set_name].append(
                     float(results["insightface"]["seconds"]) / float(results["ours"]["seconds"])

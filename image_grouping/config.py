@@ -234,10 +234,12 @@ class Settings(BaseSettings):
     )
     grouping_min_det_score: float = Field(default=0.6, ge=0, le=1, description="Reliable face: score.")
     grouping_min_face_px: float = Field(default=32.0, ge=0, description="Reliable face: shorter side, px.")
-    grouping_min_sharpness: float = Field(
-        default=15.0, ge=0, description="Reliable face: Laplacian variance."
+    grouping_min_sharpness: float | None = Field(
+        default=None, ge=0, description="Reliable face: Laplacian variance. " + _per_pack("min_sharpness")
     )
-    grouping_max_abs_yaw: float = Field(default=0.6, ge=0, le=1, description="Reliable face: |yaw| at most.")
+    grouping_max_abs_yaw: float | None = Field(
+        default=None, ge=0, le=1, description="Reliable face: |yaw| at most. " + _per_pack("max_abs_yaw")
+    )
     grouping_exact_search_limit: int = Field(
         default=20_000, ge=1, description="Above this many faces the neighbour search is approximate."
     )
