@@ -124,6 +124,17 @@ def test_person_refuses_unknown_and_malformed_ids(client: TestClient, path: str,
         refused(response, 404, "unknown_person", f"no person with id {MISSING}")
 
 
+def test_the_largest_ids_and_offsets_are_no_error(client: TestClient) -> None:
+    """64-bit ids and offsets reach the database as they are (a larger one is refused by validation)."""
+    largest = 2**63 - 1
+    refused(client.get(f"/api/persons/{largest}"), 404, "unknown_person")
+    refused(client.get(f"/api/faces/{largest}/thumbnail"), 404, "unknown_face")
+    refused(client.post(f"/api/faces/{largest}/assign", json={"person_id": largest}), 404)
+    assert client.get("/api/persons", params={"offset": largest}).json()["persons"] == []
+    assert client.get("/api/faces/unassigned", params={"offset": largest}).json() == []
+    assert client.get("/", params={"page": 10**9}).status_code == 200
+
+
 def test_unassigned_faces_with_their_probable_person(client: TestClient, library: Library) -> None:
     unassigned = {face["id"]: face for face in client.get("/api/faces/unassigned").json()}
     assert set(unassigned) == {library.like_bob, library.stranger}
