@@ -346,3 +346,24 @@ def test_signing_in_and_answering_is_this_x(page: Any, tmp_path: Path) -> None:
         expect(page.locator(f'.card[data-person-id="{library.cy}"]')).to_have_count(0)
         page.click("text=Show hidden persons")
         expect(page.locator(f'.card[data-person-id="{library.cy}"]')).to_contain_text("hidden")
+
+        # On Ada's page: a new cover; a face moved to Bob by typing his name; the rest "not Ada" at once.
+        ada_faces = sorted(server.faces_of(library.ada))
+        page.goto(f"{url}/persons/{library.ada}")
+        page.click(f'[data-action=cover][data-face-id="{ada_faces[1]}"]')
+        expect(page.locator(f'.face[data-face-id="{ada_faces[1]}"] .meta')).to_contain_text("Cover")
+        assert server.rows(select(persons.c.cover_face_id).where(persons.c.id == library.ada)) == [
+            (ada_faces[1],)
+        ]
+        page.check(f'[data-face-id="{ada_faces[0]}"] [data-select-face]')
+        page.click("[data-action=move-selected]")
+        page.fill("#move-target", "bob")
+        page.click("#move-dialog button[value=move]")
+        said(page, "Moved.")
+        assert server.person_of(ada_faces[0]) == (library.bob, "manual")
+        for face in ada_faces[2:]:
+            page.check(f'[data-face-id="{face}"] [data-select-face]')
+        page.click("[data-action=reject-selected]")
+        said(page, "Faces removed from this person.")
+        assert [server.person_of(face) for face in ada_faces[2:]] == [(None, "manual")] * len(ada_faces[2:])
+        assert server.faces_of(library.ada) == [ada_faces[1]]
