@@ -288,6 +288,27 @@ class FakeFaces(_Repository):
                 changed += 1
         return changed
 
+    async def regroup(
+        self, moves: Sequence[tuple[int, int | None, int | None]], persons_seen: Mapping[int, datetime]
+    ) -> set[int]:
+        written = set()
+        for face_id, before, after in moves:
+            row = self.state.faces.get(face_id)
+            if row is None or row.assigned_by == BY_HAND or row.person_id != before:
+                continue
+            if (
+                before is not None
+                and self.state.persons.get(before, {}).get("updated_at") != persons_seen[before]
+            ):
+                continue
+            if after is not None and (
+                after not in self.state.persons or (face_id, after) in self.state.cannot_links
+            ):
+                continue
+            row.person_id = after
+            written.add(face_id)
+        return written
+
     async def cannot_links(self) -> list[tuple[int, int]]:
         return sorted(self.state.cannot_links)
 
@@ -350,7 +371,7 @@ class FakePersons(_Repository):
                 cover_face_id=values["cover_face_id"],
                 face_count=counts.get(person_id, 0),
                 created_at=values["created_at"],
-                updated_at=values["created_at"],
+                updated_at=values["updated_at"],
             )
             for person_id, values in sorted(self.state.persons.items())
         ]
@@ -361,7 +382,8 @@ class FakePersons(_Repository):
             "name": name,
             "hidden": False,
             "cover_face_id": cover_face_id,
-            "created_at": datetime.now(UTC),
+            "created_at": (moment := datetime.now(UTC)),
+            "updated_at": moment,
         }
         return person_id
 
@@ -369,8 +391,34 @@ class FakePersons(_Repository):
         for person_id in person_ids:
             self.state.persons.pop(person_id, None)
 
-    async def set_cover(self, person_id: int, face_id: int | None) -> None:
-        self.state.persons[person_id]["cover_face_id"] = face_id
+    async def set_cover(
+        self, person_id: int, face_id: int | None, *, expected_updated_at: datetime | None = None
+    ) -> bool:
+        person = self.state.persons.get(person_id)
+        if person is None or expected_updated_at not in (None, person["updated_at"]):
+            return False
+        person.update(cover_face_id=face_id, updated_at=datetime.now(UTC))
+        return True
+
+    async def delete_empty(self, person_ids: Iterable[int]) -> list[int]:
+        used = {row.person_id for row in self.state.faces.values()}
+        empty = sorted(
+            person
+            for person in set(person_ids)
+            if person in self.state.persons
+            and person not in used
+            and self.state.persons[person]["name"] is None
+        )
+        await self.delete(empty)
+        return empty
+
+    async def delete_unchanged_empty(self, seen: Mapping[int, datetime]) -> list[int]:
+        unchanged = [
+            person
+            for person, version in seen.items()
+            if person in self.state.persons and self.state.persons[person]["updated_at"] == version
+        ]
+        return await self.delete_empty(unchanged)
 
 
 class FakeRuns(_Repository):

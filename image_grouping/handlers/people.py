@@ -10,7 +10,7 @@ which persons were created, renamed, hidden, merged, emptied or deleted; deletio
 loses the file of a face that stays.
 
 Edits mark faces as set by hand, which grouping never changes; a recluster computing meanwhile checks
-that again when it writes (FaceRepository.set_persons), so an edit committed during it is kept.
+that again when it writes (FaceRepository.regroup), so an edit committed during it is kept.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from image_grouping.models.messages import (
     SetPersonHidden,
 )
 from image_grouping.models.persons import PersonChanges
-from image_grouping.models.records import FaceRecord, PersonRecord
+from image_grouping.models.records import FaceEdit, FaceRecord, PersonRecord
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +118,15 @@ async def _face(uow: UnitOfWork, face_id: int) -> FaceRecord:
     return found
 
 
+async def _face_to_edit(uow: UnitOfWork, face_id: int) -> FaceRecord:
+    """The face, locked until the commit: two edits of one face at once go one after the other, each
+    deciding on (and recording) what the one before committed; the last committed wins."""
+    found = await uow.faces.get_for_edit(face_id)
+    if found is None:
+        raise UnknownFaceError(f"no face with id {face_id}")
+    return found
+
+
 async def _tidy(uow: UnitOfWork, person_ids: set[int], changes: PersonChanges) -> None:
     """Persons that lost faces: unnamed ones left empty are deleted, the others get a cover of their own."""
     if not person_ids:
@@ -169,13 +178,17 @@ async def handle_choose_cover(commands: Sequence[ChooseCover], deps: PeopleDeps)
 
 async def _choose_cover(command: ChooseCover, uow: UnitOfWork, deps: PeopleDeps) -> _Done:
     person = await _person(uow, command.person_id)
-    face = await _face(uow, command.face_id)
+    face = await _face_to_edit(uow, command.face_id)
     if face.person_id != person.id:
         raise InvalidCommandError(f"face {face.id} is not one of person {person.id}'s faces")
     changes = _edit(face.model_pack)
     if person.cover_face_id != face.id:
         await uow.persons.set_cover(person.id, face.id)
         changes.cover_changed.append(person.id)
+    if not face.manual:  # the person's cover is the person's for good: grouping never moves it away
+        await uow.faces.assign_by_hand(face.id, person.id)
+    if changes.cover_changed or not face.manual:
+        await uow.faces.record_edits([FaceEdit(face.id, person.id, person.id, "cover")])
     return _Done(_updated(changes), [])
 
 
@@ -200,6 +213,7 @@ async def _merge(command: MergePersons, uow: UnitOfWork, deps: PeopleDeps) -> _D
     faces = await uow.faces.of_persons([source.id for source in to_merge])
     for face in faces:
         changes.face_moved(face.id, face.person_id, target.id)
+    await uow.faces.record_edits([FaceEdit(face.id, face.person_id, target.id, "merge") for face in faces])
     if target.name is None and (named := next((source for source in to_merge if source.name), None)):
         await uow.persons.rename(target.id, named.name)
         changes.renamed.append(target.id)
@@ -220,13 +234,14 @@ async def handle_assign_face(commands: Sequence[AssignFace], deps: PeopleDeps) -
 
 
 async def _assign(command: AssignFace, uow: UnitOfWork, deps: PeopleDeps) -> _Done:
-    face = await _face(uow, command.face_id)
+    face = await _face_to_edit(uow, command.face_id)
     changes = _edit(face.model_pack)
     if command.person_id is None:
         alone = face.person_id is not None and len(await uow.faces.of_persons([face.person_id])) == 1
         if alone and face.person_id is not None:  # already a person of its own: keep it, pinned by hand
             if not face.manual:
                 await uow.faces.assign_by_hand(face.id, face.person_id)
+                await uow.faces.record_edits([FaceEdit(face.id, face.person_id, face.person_id, "assign")])
             return _Done([], [])
         person_id = await uow.persons.create(cover_face_id=face.id)
         changes.created.append(person_id)
@@ -242,6 +257,7 @@ async def _assign(command: AssignFace, uow: UnitOfWork, deps: PeopleDeps) -> _Do
             return _Done([], [])
         person_id = person.id
     await uow.faces.assign_by_hand(face.id, person_id)
+    await uow.faces.record_edits([FaceEdit(face.id, face.person_id, person_id, "assign")])
     changes.face_moved(face.id, face.person_id, person_id)
     if face.person_id is not None and face.person_id != person_id:
         await _tidy(uow, {face.person_id}, changes)
@@ -255,7 +271,7 @@ async def handle_reject_face(commands: Sequence[RejectFace], deps: PeopleDeps) -
 
 
 async def _reject(command: RejectFace, uow: UnitOfWork, deps: PeopleDeps) -> _Done:
-    face = await _face(uow, command.face_id)
+    face = await _face_to_edit(uow, command.face_id)
     person_id = command.person_id if command.person_id is not None else face.person_id
     if person_id is None:
         raise InvalidCommandError(f"face {face.id} has no person; say which person it is not")
@@ -264,6 +280,8 @@ async def _reject(command: RejectFace, uow: UnitOfWork, deps: PeopleDeps) -> _Do
     if face.person_id != person_id and await uow.faces.is_refused(face.id, person_id):
         return _Done([], [])
     await uow.faces.refuse(face.id, person_id)
+    after = None if face.person_id == person_id else face.person_id
+    await uow.faces.record_edits([FaceEdit(face.id, face.person_id, after, "reject")])
     changes.refused.append({"face_id": face.id, "person_id": person_id})
     if face.person_id == person_id:
         changes.face_moved(face.id, person_id, None)

@@ -18,7 +18,14 @@ import numpy as np
 from image_grouping.errors import BadInputError
 from image_grouping.models.faces import Box, HandBox, ImageAnalysis
 from image_grouping.models.messages import EventData
-from image_grouping.models.records import FaceRecord, FaceSet, ImageRecord, ImageResult, PersonRecord
+from image_grouping.models.records import (
+    FaceEdit,
+    FaceRecord,
+    FaceSet,
+    ImageRecord,
+    ImageResult,
+    PersonRecord,
+)
 from image_grouping.models.views import FaceView, ImageView, PersonSummary
 
 Outcome = list[EventData] | BadInputError
@@ -63,6 +70,10 @@ class FaceStore(Protocol):
 
     async def set_persons(self, assignments: Mapping[int, int | None]) -> int: ...
 
+    async def regroup(
+        self, moves: Sequence[tuple[int, int | None, int | None]], persons_seen: Mapping[int, datetime]
+    ) -> set[int]: ...
+
     async def cannot_links(self) -> list[tuple[int, int]]: ...
 
     async def boxes_of_image(self, image_id: int, model_pack: str) -> tuple[list[int], np.ndarray]: ...
@@ -81,6 +92,12 @@ class FaceStore(Protocol):
 
     async def assign_by_hand(self, face_id: int, person_id: int) -> None: ...
 
+    async def get_for_edit(self, face_id: int) -> FaceRecord | None: ...
+
+    async def record_edits(self, edits: Sequence[FaceEdit]) -> None: ...
+
+    async def edits(self, face_ids: Iterable[int]) -> list[FaceEdit]: ...
+
     async def refuse(self, face_id: int, person_id: int) -> None: ...
 
     async def is_refused(self, face_id: int, person_id: int) -> bool: ...
@@ -97,7 +114,11 @@ class PersonStore(Protocol):
 
     async def delete(self, person_ids: Iterable[int]) -> None: ...
 
-    async def set_cover(self, person_id: int, face_id: int | None) -> None: ...
+    async def set_cover(
+        self, person_id: int, face_id: int | None, *, expected_updated_at: datetime | None = None
+    ) -> bool: ...
+
+    async def delete_unchanged_empty(self, seen: Mapping[int, datetime]) -> list[int]: ...
 
     async def get(self, person_ids: Iterable[int]) -> dict[int, PersonRecord]: ...
 

@@ -1,7 +1,8 @@
 """Grouping: `faces.detected` joins the new faces to persons, `recluster.requested` regroups a pack.
 
-Each handler loads faces from its unit of work, lets `image_grouping.grouping` decide, writes the
-decision back, commits, and returns `persons.updated` with what changed.
+Each handler reads the faces in one transaction, lets `image_grouping.grouping` decide outside any
+transaction, then writes the decision in a second one that keeps whatever was edited in between, commits,
+and returns `persons.updated` with what it wrote.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import numpy as np
 import structlog
 
 from image_grouping.grouping import (
+    NEW_PERSON,
     GroupingInput,
     GroupingParams,
+    IdentityPlan,
     assign_incrementally,
     group_faces,
     map_groups_to_persons,
@@ -57,20 +60,16 @@ class GroupingDeps:
 
 
 async def handle_faces_detected(events: Sequence[FacesDetected], deps: GroupingDeps) -> list[Outcome]:
-    """Assign the new faces of several images to persons (or new persons) incrementally, in one commit.
+    """Assign the new faces of several images to persons (or new persons) incrementally.
 
     One `persons.updated` per model pack, given as the outcome of the batch's last message of that pack.
     """
     last_of_pack = {event.model_pack: index for index, event in enumerate(events) if event.face_ids}
     outcomes: list[Outcome] = [[] for _ in events]
-    if not last_of_pack:
-        return outcomes
-    async with deps.unit_of_work() as uow:
-        for model_pack, index in last_of_pack.items():
-            face_ids = [face for event in events if event.model_pack == model_pack for face in event.face_ids]
-            changes = await assign_new_faces(uow, face_ids, model_pack, deps.params_for(model_pack))
-            outcomes[index] = [PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())]
-        await uow.commit()
+    for model_pack, index in last_of_pack.items():
+        face_ids = [face for event in events if event.model_pack == model_pack for face in event.face_ids]
+        changes = await assign_new_faces(deps.unit_of_work, face_ids, model_pack, deps.params_for(model_pack))
+        outcomes[index] = [PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())]
     return outcomes
 
 
@@ -83,21 +82,20 @@ async def handle_recluster_requested(
     outcomes: list[Outcome] = []
     for event in events:
         model_pack = event.model_pack or deps.model_pack
-        async with deps.unit_of_work() as uow:
-            if event.reason == PERIODIC and not await _periodic_recluster_due(uow, model_pack, deps):
-                log.info("periodic recluster skipped: one ran within this interval", model_pack=model_pack)
-                outcomes.append([])
-                continue
-            changes = await recluster_all(uow, model_pack, deps.params_for(model_pack))
-            await uow.commit()
+        if event.reason == PERIODIC and not await _periodic_recluster_due(model_pack, deps):
+            log.info("periodic recluster skipped: one ran within this interval", model_pack=model_pack)
+            outcomes.append([])
+            continue
+        changes = await recluster_all(deps.unit_of_work, model_pack, deps.params_for(model_pack))
         outcomes.append([PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())])
     return outcomes
 
 
-async def _periodic_recluster_due(uow: UnitOfWork, model_pack: str, deps: GroupingDeps) -> bool:
+async def _periodic_recluster_due(model_pack: str, deps: GroupingDeps) -> bool:
     """Whether a periodic recluster request still has work to do: no recluster of the pack has
     completed that started within the last `PERIODIC_SKIP_SHARE` of the interval."""
-    latest = await uow.runs.latest("recluster")
+    async with deps.unit_of_work() as uow:
+        latest = await uow.runs.latest("recluster")
     if latest is None or latest["status"] != "done":
         return True
     if (latest["stats"] or {}).get("model_pack") != model_pack:
@@ -108,81 +106,93 @@ async def _periodic_recluster_due(uow: UnitOfWork, model_pack: str, deps: Groupi
     return deps.clock() - started >= timedelta(seconds=PERIODIC_SKIP_SHARE * deps.interval_seconds)
 
 
-async def assign_new_faces(
-    uow: UnitOfWork, face_ids: Sequence[int], model_pack: str, params: GroupingParams
-) -> PersonChanges:
-    """Put newly detected faces into existing persons where the evidence is strong; found tight new
-    groups. Writes through `uow`; the caller commits."""
-    changes = PersonChanges(model_pack=model_pack, kind="incremental")
+# Grouping reads a snapshot in one transaction, decides without holding one (seconds to minutes for a full
+# recluster: edits, uploads and, on SQLite, every other writer go on meanwhile), then writes in a second
+# transaction that checks, row by row, that what it decides on has not changed since it read it: an edit
+# committed in between is kept (see `_write`).
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What grouping read: the pack's groupable faces, the persons as they were (their `updated_at` is the
+    version the write compares), and the grouping input built from them."""
+
+    faces: FaceSet
+    persons: list[PersonRecord]
+    grouping: GroupingInput
+
+
+async def _read(uow: UnitOfWork, model_pack: str, params: GroupingParams) -> _Snapshot:
     faces = await uow.faces.load_for_grouping(model_pack)
     persons = await uow.persons.list()
-    usable = _groupable(faces)
-    index_of = {face_id: row for row, face_id in enumerate(faces.face_ids[usable].tolist())}
-    subset = faces.take(usable)
+    subset = faces.take(_groupable(faces))
+    return _Snapshot(
+        subset, persons, _grouping_input(subset, persons, await uow.faces.cannot_links(), params)
+    )
+
+
+async def assign_new_faces(
+    unit_of_work: UnitOfWorkFactory, face_ids: Sequence[int], model_pack: str, params: GroupingParams
+) -> PersonChanges:
+    """Put newly detected faces into existing persons where the evidence is strong; found tight new
+    groups. Reads, decides, then writes and commits what is still as it read it."""
+    changes = PersonChanges(model_pack=model_pack, kind="incremental")
+    async with unit_of_work() as uow:
+        snapshot = await _read(uow, model_pack, params)
+    subset = snapshot.faces
+    index_of = {face_id: row for row, face_id in enumerate(subset.face_ids.tolist())}
     new = np.array(sorted({index_of[face_id] for face_id in face_ids if face_id in index_of}), np.int64)
     new = new[subset.person_ids[new] < 0] if len(new) else new
     if len(new) == 0:
         return changes
-    grouping_input = _grouping_input(subset, persons, await uow.faces.cannot_links(), params)
-    decision = assign_incrementally(grouping_input, subset.person_ids, new, params)
-
-    assignments: dict[int, int | None] = {
-        int(subset.face_ids[row]): person for row, person in decision.joined.items()
-    }
-    for members in decision.founded:
-        person = await uow.persons.create(cover_face_id=_cover_face(subset, grouping_input.reliable, members))
-        changes.created.append(person)
-        assignments.update({int(face_id): person for face_id in subset.face_ids[members].tolist()})
-    changes.faces_assigned = len(assignments)
-    if assignments:
-        await uow.faces.set_persons(assignments)
-    log.info("new faces grouped", faces=len(new), joined=len(decision.joined), founded=len(decision.founded))
+    decision = assign_incrementally(snapshot.grouping, subset.person_ids, new, params)
+    final = subset.person_ids.copy()
+    for row, person in decision.joined.items():
+        final[row] = person
+    founded = [NEW_PERSON - group for group in range(len(decision.founded))]
+    for placeholder, members in zip(founded, decision.founded, strict=True):
+        final[members] = placeholder
+    async with unit_of_work() as uow:
+        await _write(uow, snapshot, final, founded, changes)
+        await uow.commit()
+    log.info(
+        "new faces grouped",
+        faces=len(new),
+        joined=len(decision.joined),
+        founded=len(decision.founded),
+        written=changes.faces_assigned,
+    )
     return changes
 
 
-async def recluster_all(uow: UnitOfWork, model_pack: str, params: GroupingParams) -> PersonChanges:
-    """Regroup every face of the pack, keeping person ids (largest overlap) and every manual edit.
-    Writes through `uow`; the caller commits."""
+async def recluster_all(
+    unit_of_work: UnitOfWorkFactory, model_pack: str, params: GroupingParams
+) -> PersonChanges:
+    """Regroup every face of the pack, keeping person ids (largest overlap) and every manual edit,
+    including those committed while it computes. Reads, decides, then writes and commits."""
     changes = PersonChanges(model_pack=model_pack, kind="recluster")
-    run_id = await uow.runs.start("recluster")
-    faces = await uow.faces.load_for_grouping(model_pack)
-    persons = await uow.persons.list()
-    subset = faces.take(_groupable(faces))
-    grouping_input = _grouping_input(subset, persons, await uow.faces.cannot_links(), params)
-    labels = group_faces(grouping_input, params).labels
-    plan = map_groups_to_persons(
-        labels,
-        subset.person_ids,
-        grouping_input.pinned,
-        grouping_input.anchors,
-        grouping_input.forbidden,
-        [person.id for person in persons],
-        min_faces=params.min_faces,
-    )
-
-    final = plan.person_ids.copy()
-    for placeholder in plan.new_persons:
-        members = np.flatnonzero(final == placeholder)
-        person = await uow.persons.create(cover_face_id=_cover_face(subset, grouping_input.reliable, members))
-        final[members] = person
-        changes.created.append(int(person))
-    before, automatic = subset.person_ids, ~subset.manual
-    changed = automatic & (final != before)
-    changes.faces_assigned = int((changed & (before < 0)).sum())
-    changes.faces_unassigned = int((changed & (final < 0)).sum())
-    changes.faces_moved = int((changed & (before >= 0) & (final >= 0)).sum())
-    changes.merged = plan.merged
-    changes.emptied = plan.emptied
-    await uow.faces.set_persons(
-        {
-            int(face_id): (int(person) if person >= 0 else None)
-            for face_id, person in zip(
-                subset.face_ids[changed].tolist(), final[changed].tolist(), strict=True
-            )
-        }
-    )
-    await _tidy_persons(uow, persons, changes, subset, final, grouping_input.reliable)
-    await uow.runs.finish(run_id, changes.to_event_data())
+    async with unit_of_work() as uow:
+        run_id = await uow.runs.start("recluster")
+        snapshot = await _read(uow, model_pack, params)
+        await uow.commit()  # the run is seen as running while it computes
+    try:
+        labels = group_faces(snapshot.grouping, params).labels
+        plan = map_groups_to_persons(
+            labels,
+            snapshot.faces.person_ids,
+            snapshot.grouping.pinned,
+            snapshot.grouping.anchors,
+            snapshot.grouping.forbidden,
+            [person.id for person in snapshot.persons],
+            min_faces=params.min_faces,
+        )
+        async with unit_of_work() as uow:
+            await _write(uow, snapshot, plan.person_ids.copy(), plan.new_persons, changes, plan)
+            await uow.runs.finish(run_id, changes.to_event_data())
+            await uow.commit()
+    except BaseException:
+        await _record_failed_run(unit_of_work, run_id, model_pack)
+        raise
     log.info(
         "recluster done",
         created=len(changes.created),
@@ -193,6 +203,90 @@ async def recluster_all(uow: UnitOfWork, model_pack: str, params: GroupingParams
         faces_unassigned=changes.faces_unassigned,
     )
     return changes
+
+
+async def _record_failed_run(unit_of_work: UnitOfWorkFactory, run_id: int, model_pack: str) -> None:
+    try:
+        async with unit_of_work() as uow:
+            await uow.runs.finish(run_id, {"model_pack": model_pack}, status="failed")
+            await uow.commit()
+    except Exception:  # the database may be what failed; the run then stays "running", which is due too
+        log.warning("could not record the failed recluster run", run_id=run_id, exc_info=True)
+
+
+async def _write(
+    uow: UnitOfWork,
+    snapshot: _Snapshot,
+    final: np.ndarray,
+    new_persons: Sequence[int],
+    changes: PersonChanges,
+    plan: IdentityPlan | None = None,
+) -> None:
+    """Write grouping's decision (`final`: each face's person, placeholders for `new_persons`), keeping every
+    edit committed since the snapshot: a face is moved only while it is still set by grouping, still where
+    it was read, its person not edited since (renamed, hidden, given a cover, merged into) and the person
+    it goes to still there and not refused for it; a person the plan merged away or emptied is deleted only
+    while unnamed, without faces and not edited since; a cover is replaced only on a person not edited
+    since. Fills `changes` with what was written."""
+    faces = snapshot.faces
+    seen = {person.id: person.updated_at for person in snapshot.persons}
+    reliable = snapshot.grouping.reliable
+    created: dict[int, int] = {}  # new person: its cover
+    for placeholder in new_persons:
+        members = np.flatnonzero(final == placeholder)
+        cover = _cover_face(faces, reliable, members)
+        person = await uow.persons.create(cover_face_id=cover)
+        final[members] = person
+        created[int(person)] = cover
+        changes.created.append(int(person))
+    before = faces.person_ids
+    changed = ~faces.manual & (final != before)
+    moves = [
+        (face, None if was < 0 else was, None if now < 0 else now)
+        for face, was, now in zip(
+            faces.face_ids[changed].tolist(), before[changed].tolist(), final[changed].tolist(), strict=True
+        )
+    ]
+    written = await uow.faces.regroup(moves, seen)
+    applied = changed & np.isin(faces.face_ids, np.fromiter(written, np.int64, len(written)))
+    skipped = changed & ~applied
+    if skipped.any():
+        log.info("grouping kept edits made while it computed", faces_kept=int(skipped.sum()))
+    effective = np.where(skipped, before, final)  # each face's person as written (hand edits aside)
+    changes.faces_assigned = int((applied & (before < 0)).sum())
+    changes.faces_unassigned = int((applied & (final < 0)).sum())
+    changes.faces_moved = int((applied & (before >= 0) & (final >= 0)).sum())
+
+    empty_new = await uow.persons.delete_empty(created)  # all their faces were edited meanwhile
+    changes.created = [person for person in changes.created if person not in empty_new]
+    row_of = {face_id: row for row, face_id in enumerate(faces.face_ids.tolist())}
+
+    async def new_cover_if_gone(person_id: int, cover_face_id: int, version: datetime | None) -> None:
+        """A new cover when the cover face left the person; on an existing person, only while it is as
+        read (`version`): a cover chosen meanwhile stays."""
+        row = row_of.get(cover_face_id)
+        if row is None or effective[row] == person_id:
+            return
+        members = np.flatnonzero(effective == person_id)
+        cover = _cover_face(faces, reliable, members) if len(members) else None
+        await uow.persons.set_cover(person_id, cover, expected_updated_at=version)
+
+    for person, cover in zip(changes.created, [created[person] for person in changes.created], strict=True):
+        await new_cover_if_gone(person, cover, None)
+    gone: set[int] = set()
+    if plan is not None:
+        vanished = {source for source, _ in plan.merged} | set(plan.emptied)
+        current = await uow.persons.get(vanished)
+        # A person edited meanwhile kept its faces (no move out of it was written): it did not vanish.
+        gone = {
+            person for person in vanished if person in current and current[person].updated_at == seen[person]
+        }
+        changes.merged = [(source, target) for source, target in plan.merged if source in gone]
+        changes.emptied = [person for person in plan.emptied if person in gone]
+        await uow.persons.delete_unchanged_empty({person: seen[person] for person in gone})
+    for record in snapshot.persons:
+        if record.id not in gone and record.cover_face_id is not None:
+            await new_cover_if_gone(record.id, record.cover_face_id, record.updated_at)
 
 
 def _groupable(faces: FaceSet) -> np.ndarray:
@@ -226,26 +320,3 @@ def _cover_face(faces: FaceSet, reliable: np.ndarray, members: np.ndarray) -> in
     preferred = members[reliable[members]] if reliable[members].any() else members
     mean = faces.embeddings[members].sum(axis=0)
     return int(faces.face_ids[preferred[np.argmax(faces.embeddings[preferred] @ mean)]])
-
-
-async def _tidy_persons(
-    uow: UnitOfWork,
-    persons: list[PersonRecord],
-    changes: PersonChanges,
-    faces: FaceSet,
-    final: np.ndarray,
-    reliable: np.ndarray,
-) -> None:
-    """Delete unnamed persons left empty; give a new cover to persons whose cover face left them."""
-    by_id = {person.id: person for person in persons}
-    vanished = [source for source, _ in changes.merged] + changes.emptied
-    await uow.persons.delete([person for person in vanished if not by_id[person].name])
-    person_of_face = dict(zip(faces.face_ids.tolist(), final.tolist(), strict=True))
-    for person in persons:
-        if person.id in vanished or person.cover_face_id is None:
-            continue
-        if person_of_face.get(person.cover_face_id, person.id) != person.id:
-            members = np.flatnonzero(final == person.id)
-            await uow.persons.set_cover(
-                person.id, _cover_face(faces, reliable, members) if len(members) else None
-            )

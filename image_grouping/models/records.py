@@ -80,6 +80,17 @@ class FaceSet:
 
 
 @dataclass(frozen=True, slots=True)
+class FaceEdit:
+    """One edit of a face by hand: the person it had and the person it got (None: none)."""
+
+    face_id: int
+    from_person_id: int | None
+    to_person_id: int | None
+    action: str  # assign, reject, merge, cover
+    at: datetime | None = None  # when it was recorded; None before
+
+
+@dataclass(frozen=True, slots=True)
 class FaceRecord:
     """One face as the edits see it (no embedding)."""
 

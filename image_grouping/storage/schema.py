@@ -150,6 +150,23 @@ face_tombstones = Table(
     sqlite_autoincrement=True,
 )
 
+# Every edit of a face by hand, as committed: the person it had and the person it got (None: none), and
+# what did it (assign, reject, merge, cover). Two edits of one face at once are both here, in the order
+# they took the face (each edit locks the face before it reads it), the last one being the face's state.
+# Goes with its face: no embedding, thumbnail or name is kept here.
+face_edits = Table(
+    "face_edits",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("face_id", Id, ForeignKey("faces.id", ondelete="CASCADE"), nullable=False),
+    Column("from_person_id", BigInteger, nullable=True),  # no FK: persons are merged away, forgotten
+    Column("to_person_id", BigInteger, nullable=True),
+    Column("action", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index(None, "face_id"),
+    sqlite_autoincrement=True,  # ids in the order of the edits
+)
+
 # Persons merged away by hand and the person they went into: a redelivered merge finds its work done.
 person_merges = Table(
     "person_merges",

@@ -22,7 +22,7 @@ from image_grouping.storage.database import async_url, engine_for_url, odbc_url
 from image_grouping.storage.migrations import render_upgrade_sql
 from image_grouping.storage.schema import images, metadata
 
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 TABLES = {
     "images",
     "faces",
@@ -32,6 +32,7 @@ TABLES = {
     "database_identity",
     "face_tombstones",
     "person_merges",
+    "face_edits",
 }
 
 
@@ -73,7 +74,7 @@ async def test_migrations_create_the_schema_from_nothing_as_the_code_declares_it
         assert options == ["toast_tuple_target=8160"]
 
 
-@pytest.mark.parametrize("previous", ["0001", "0002", "0003", "0004", "0005"])
+@pytest.mark.parametrize("previous", ["0001", "0002", "0003", "0004", "0005", "0006"])
 async def test_upgrade_from_a_previous_revision_keeps_the_data(
     empty_engine: AsyncEngine, previous: str
 ) -> None:
@@ -122,6 +123,8 @@ def test_migrations_render_for_sql_server_in_offline_mode() -> None:
     assert "AUTOINCREMENT" not in sql.upper()
     assert re.search(r"INSERT INTO database_identity \(id\) VALUES \('[0-9a-f]{32}'\)", sql)
     assert "UPDATE alembic_version SET version_num='0004'" in sql
+    assert f"UPDATE alembic_version SET version_num='{HEAD_REVISION}'" in sql
+    assert "ON DELETE CASCADE" in sql.split("CREATE TABLE face_edits")[1].split(";")[0]
 
 
 def test_migrate_dry_run_prints_sql_and_no_password(tmp_path: Path) -> None:

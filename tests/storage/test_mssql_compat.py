@@ -16,7 +16,7 @@ from sqlalchemy.dialects import mssql
 from sqlalchemy.sql import ClauseElement
 from storage_factories import PACK, make_analysis
 
-from image_grouping.models.records import ImageResult
+from image_grouping.models.records import FaceEdit, ImageResult
 from image_grouping.storage import SqlUnitOfWork, ensure_schema
 from image_grouping.storage.database import async_url, engine_for_url
 
@@ -109,10 +109,26 @@ async def _exercise_every_edit(
     await uow.persons.forgotten(persons[0])
     await uow.persons.model_packs(persons[0])
     await uow.persons.choose_cover(persons)
+    await _exercise_the_checked_writes(uow, persons, face_ids)
     await uow.persons.delete_empty(range(1, 1500))
     await uow.faces.forget(face_ids[2000:3200], persons[2])
     await uow.faces.delete(face_ids[3200:4400])
     await uow.images.delete(image_ids[1:])
+
+
+async def _exercise_the_checked_writes(uow: Any, persons: list[int], face_ids: list[int]) -> None:
+    """Grouping's writes checked against what it read (every shape of move), and the faces' edit record."""
+    seen = {person.id: person.updated_at for person in await uow.persons.list()}
+    moves = [(face_ids[100 + i], None, persons[i % 3]) for i in range(1200)]
+    moves += [(face_ids[1400], persons[0], None), (face_ids[1401], persons[1], persons[2])]
+    await uow.faces.regroup(moves, seen)
+    await uow.persons.set_cover(persons[2], face_ids[5], expected_updated_at=seen[persons[2]])
+    empty = await uow.persons.create()
+    await uow.persons.delete_unchanged_empty({empty: (await uow.persons.get([empty]))[empty].updated_at})
+    await uow.persons.delete_unchanged_empty(dict.fromkeys(range(1, 1500), seen[persons[0]]))
+    await uow.faces.get_for_edit(face_ids[6])
+    await uow.faces.record_edits([FaceEdit(face_ids[6], persons[0], persons[1], "assign")] * 3)
+    assert len(await uow.faces.edits(face_ids)) == 3
 
 
 async def _exercise_every_view(uow: Any, image_id: int, persons: list[int], face_ids: list[int]) -> None:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import structlog
-from sqlalchemy import Row, bindparam, delete, insert, select, update
+from sqlalchemy import Row, bindparam, delete, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from image_grouping.models.records import FaceRecord, FaceSet
+from image_grouping.models.records import FaceEdit, FaceRecord, FaceSet
 from image_grouping.storage.repositories.common import chunks, now
 from image_grouping.storage.schema import (
     AUTOMATIC,
     BY_HAND,
     cannot_links,
+    face_edits,
     face_tombstones,
     faces,
     persons,
@@ -127,6 +129,57 @@ class FaceRepository:
                 changes,
             )
         return len(changes)
+
+    async def regroup(
+        self, moves: Sequence[tuple[int, int | None, int | None]], persons_seen: Mapping[int, datetime]
+    ) -> set[int]:
+        """Write grouping's decisions, each (face, person it had when read, person it goes to; None: no
+        person), only where nothing changed since grouping read them, checked by each UPDATE's WHERE inside
+        the transaction: the face is still set by grouping and still in that person, that person is still
+        as read (`persons_seen`: its updated_at; an edited person keeps its faces), and the person it goes to
+        still exists and was not refused for it. Returns the faces written."""
+        moment = now()
+        shapes: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
+        for face_id, before, after in moves:
+            row: dict[str, Any] = {"face": face_id, "now": moment}
+            if before is not None:
+                row |= {"before": before, "seen": persons_seen[before]}
+            if after is not None:
+                row |= {"after": after, "after_exists": after, "after_refused": after}
+            shapes.setdefault((before is None, after is None), []).append(row)
+        for (from_nobody, to_nobody), rows in shapes.items():
+            statement = update(faces).where(faces.c.id == bindparam("face"), faces.c.assigned_by == AUTOMATIC)
+            if from_nobody:
+                statement = statement.where(faces.c.person_id.is_(None))
+            else:
+                statement = statement.where(
+                    faces.c.person_id == bindparam("before"),
+                    exists().where(
+                        persons.c.id == faces.c.person_id, persons.c.updated_at == bindparam("seen")
+                    ),
+                )
+            if not to_nobody:
+                statement = statement.where(
+                    exists().where(persons.c.id == bindparam("after_exists")),
+                    ~exists().where(
+                        cannot_links.c.face_id == faces.c.id,
+                        cannot_links.c.person_id == bindparam("after_refused"),
+                    ),
+                )
+            person = None if to_nobody else bindparam("after")
+            await self._connection.execute(
+                statement.values(person_id=person, updated_at=bindparam("now")), rows
+            )
+        target = {face_id: after for face_id, _, after in moves}
+        written: set[int] = set()
+        for chunk in chunks(sorted(target)):
+            rows = await self._connection.execute(
+                select(faces.c.id, faces.c.person_id).where(
+                    faces.c.id.in_(chunk), faces.c.assigned_by == AUTOMATIC
+                )
+            )
+            written.update(row.id for row in rows if row.person_id == target[row.id])
+        return written
 
     async def boxes_of_image(self, image_id: int, model_pack: str) -> tuple[list[int], np.ndarray]:
         """The ids and (n, 4) boxes of one image's faces found by one pack, in analysis order."""
@@ -272,6 +325,47 @@ class FaceRepository:
                 found[row.id] = _face_record(row)
         return found
 
+    async def get_for_edit(self, face_id: int) -> FaceRecord | None:
+        """The face as it is once no other transaction is editing it: the face is locked first (an UPDATE
+        that changes nothing) until this one ends, so two edits of one face at once go one after the other,
+        the second reading what the first committed."""
+        await self._connection.execute(
+            update(faces).where(faces.c.id == face_id).values(updated_at=faces.c.updated_at)
+        )
+        return (await self.get([face_id])).get(face_id)
+
+    async def record_edits(self, edits: Sequence[FaceEdit]) -> None:
+        """Add edits by hand to the faces' record (face_edits), in this transaction."""
+        if edits:
+            moment = now()
+            await self._connection.execute(
+                insert(face_edits),
+                [
+                    {
+                        "face_id": edit.face_id,
+                        "from_person_id": edit.from_person_id,
+                        "to_person_id": edit.to_person_id,
+                        "action": edit.action,
+                        "created_at": moment,
+                    }
+                    for edit in edits
+                ],
+            )
+
+    async def edits(self, face_ids: Iterable[int]) -> list[FaceEdit]:
+        """The recorded edits of these faces, oldest first."""
+        found: list[tuple[int, FaceEdit]] = []
+        for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
+            rows = await self._connection.execute(select(face_edits).where(face_edits.c.face_id.in_(chunk)))
+            found += [
+                (
+                    row.id,
+                    FaceEdit(row.face_id, row.from_person_id, row.to_person_id, row.action, row.created_at),
+                )
+                for row in rows
+            ]
+        return [edit for _, edit in sorted(found, key=lambda pair: pair[0])]
+
     async def of_persons(self, person_ids: Iterable[int]) -> list[FaceRecord]:
         """Every face (of every pack) of these persons, by id."""
         return await self._records(faces.c.person_id, person_ids)
@@ -318,6 +412,7 @@ class FaceRepository:
                 update(persons).where(persons.c.cover_face_id.in_(chunk)).values(cover_face_id=None)
             )
             await self._connection.execute(delete(cannot_links).where(cannot_links.c.face_id.in_(chunk)))
+            await self._connection.execute(delete(face_edits).where(face_edits.c.face_id.in_(chunk)))
             await self._connection.execute(delete(faces).where(faces.c.id.in_(chunk)))
 
     async def forget(self, face_ids: Sequence[int], person_id: int) -> None:

@@ -28,7 +28,15 @@ from image_grouping.models.face_identity import ReanalysisPlan, StoredFace, dist
 from image_grouping.models.faces import Box, DetectedFace, ImageAnalysis
 from image_grouping.models.records import ImageRecord, ImageResult
 from image_grouping.storage.repositories.common import chunks, now, path_key
-from image_grouping.storage.schema import AUTOMATIC, cannot_links, face_tombstones, faces, images, persons
+from image_grouping.storage.schema import (
+    AUTOMATIC,
+    cannot_links,
+    face_edits,
+    face_tombstones,
+    faces,
+    images,
+    persons,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -395,7 +403,7 @@ class ImageRepository:
         return [_image(row) for row in await self._connection.execute(query)]
 
     async def delete(self, image_ids: Sequence[int]) -> None:
-        """Delete images with their faces (every pack's), the faces' cannot-links, the tombstones of
+        """Delete images with their faces (every pack's), the faces' cannot-links and edits, the tombstones of
         their forgotten faces, and the covers they were. Persons are left to the caller."""
         for chunk in chunks(sorted({int(image_id) for image_id in image_ids})):
             gone = select(faces.c.id).where(faces.c.image_id.in_(chunk))
@@ -403,6 +411,7 @@ class ImageRepository:
                 update(persons).where(persons.c.cover_face_id.in_(gone)).values(cover_face_id=None)
             )
             await self._connection.execute(delete(cannot_links).where(cannot_links.c.face_id.in_(gone)))
+            await self._connection.execute(delete(face_edits).where(face_edits.c.face_id.in_(gone)))
             await self._connection.execute(delete(faces).where(faces.c.image_id.in_(chunk)))
             await self._connection.execute(
                 delete(face_tombstones).where(face_tombstones.c.image_id.in_(chunk))

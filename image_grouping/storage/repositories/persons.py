@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.records import PersonRecord
@@ -82,8 +83,56 @@ class PersonRepository:
             await self._connection.execute(delete(cannot_links).where(cannot_links.c.person_id.in_(chunk)))
             await self._connection.execute(delete(persons).where(persons.c.id.in_(chunk)))
 
-    async def set_cover(self, person_id: int, face_id: int | None) -> None:
-        await self._update(person_id, cover_face_id=face_id)
+    async def set_cover(
+        self, person_id: int, face_id: int | None, *, expected_updated_at: datetime | None = None
+    ) -> bool:
+        """Make the face the person's cover; with `expected_updated_at`, only while the person is still as
+        it was read then (checked in the UPDATE's WHERE). Whether it was set."""
+        if expected_updated_at is None:
+            await self._update(person_id, cover_face_id=face_id)
+            return True
+        result = await self._connection.execute(
+            update(persons)
+            .where(persons.c.id == person_id, persons.c.updated_at == expected_updated_at)
+            .values(cover_face_id=face_id, updated_at=now())
+        )
+        return bool(result.rowcount)
+
+    async def delete_unchanged_empty(self, seen: Mapping[int, datetime]) -> list[int]:
+        """Delete those of the persons ({person: updated_at as read}) that are still as read, unnamed and
+        without faces, checked inside the transaction; their ids. Grouping's deletions: a person renamed,
+        hidden or given a face or a cover since grouping read it stays."""
+        if not seen:
+            return []
+        # Claim them first: the UPDATE checks each person and locks those it matched until the commit, so
+        # what is deleted below is what was checked (SET updated_at = updated_at changes nothing).
+        claimable = (
+            update(persons)
+            .where(
+                persons.c.id == bindparam("person"),
+                persons.c.updated_at == bindparam("seen"),
+                persons.c.name.is_(None),
+                ~exists().where(faces.c.person_id == persons.c.id),
+            )
+            .values(updated_at=persons.c.updated_at)
+        )
+        await self._connection.execute(
+            claimable, [{"person": person, "seen": version} for person, version in sorted(seen.items())]
+        )
+        claimed: list[int] = []
+        for chunk in chunks(sorted(seen)):
+            rows = await self._connection.execute(
+                select(persons.c.id, persons.c.updated_at).where(
+                    persons.c.id.in_(chunk),
+                    persons.c.name.is_(None),
+                    ~exists().where(faces.c.person_id == persons.c.id),
+                )
+            )
+            claimed += [row.id for row in rows if row.updated_at == seen[row.id]]
+        for chunk in chunks(sorted(claimed)):
+            await self._connection.execute(delete(cannot_links).where(cannot_links.c.person_id.in_(chunk)))
+            await self._connection.execute(delete(persons).where(persons.c.id.in_(chunk)))
+        return sorted(claimed)
 
     async def rename(self, person_id: int, name: str | None) -> None:
         await self._update(person_id, name=name)
