@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from database_helpers import emptied, migrated_engine
+from database_helpers import MSSQL, emptied, migrated_engine, mssql_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.config import Settings, load_settings
@@ -51,14 +51,16 @@ def lfw_subset(
     return load_labelled_faces(grouping_settings, labels, eval_dir)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session", params=["sqlite", "postgresql", MSSQL])
 async def grouping_engine(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AsyncEngine]:
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('grouping') / 'test.sqlite3'}"
-    else:
+    elif request.param == "postgresql":
         url = request.getfixturevalue("postgres_url")
+    else:
+        url = mssql_url()
     async with migrated_engine(url) as engine:
         yield engine
 

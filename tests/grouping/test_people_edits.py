@@ -4,7 +4,9 @@ leaves no embedding, thumbnail file or name behind, nor lets re-analysis learn t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from image_grouping.handlers.people import (
     handle_set_person_hidden,
 )
 from image_grouping.handlers.ports import Outcome
+from image_grouping.handlers.repack import repack_images
 from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
 from image_grouping.models.messages import (
     AssignFace,
@@ -46,7 +49,7 @@ from image_grouping.models.messages import (
     SetPersonHidden,
 )
 from image_grouping.storage import SqlUnitOfWork, ThumbnailStore, read_database_id
-from image_grouping.storage.schema import cannot_links, face_tombstones, faces, images, persons
+from image_grouping.storage.schema import cannot_links, face_tombstones, faces, images, metadata, persons
 
 PACK = "pack_a"
 OTHER_PACK = "pack_b"
@@ -290,6 +293,71 @@ async def _thumbnail_paths(library: Library, face_ids: Sequence[int]) -> list[st
         return list(await connection.scalars(select(faces.c.thumbnail_path).where(faces.c.id.in_(face_ids))))
 
 
+@dataclass
+class Secrets:
+    """What must not outlive an erasure of faces: read before it."""
+
+    embeddings: list[bytes]
+    thumbnail_paths: list[str]
+    thumbnail_contents: list[bytes]
+    names: list[str]
+
+
+async def _secrets(library: Library, face_ids: Sequence[int], names: Sequence[str] = ()) -> Secrets:
+    async with library.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(faces.c.embedding, faces.c.thumbnail_path).where(faces.c.id.in_(face_ids))
+            )
+        ).all()
+    assert len(rows) == len(face_ids)
+    paths = [row.thumbnail_path for row in rows]
+    contents = [library.thumbnails.path_of(path).read_bytes() for path in paths]
+    return Secrets([row.embedding for row in rows], paths, contents, list(names))
+
+
+async def _traces(library: Library, secrets: Secrets) -> list[str]:
+    """Where any of the secrets is left: in any column of any table the schema declares (every row
+    scanned: an embedding in a blob, a path or a name in a text, either in a JSON document), and in the
+    thumbnails folder (a file at one of the paths, or with one of the contents)."""
+    found: list[str] = []
+    async with library.engine.connect() as connection:
+        for table in metadata.sorted_tables:
+            for row in await connection.execute(select(table)):
+                for column, value in row._mapping.items():
+                    if isinstance(value, dict | list):
+                        value = json.dumps(value)
+                    if isinstance(value, bytes) and any(blob in value for blob in secrets.embeddings):
+                        found.append(f"embedding in {table.name}.{column}")
+                    if isinstance(value, str) and any(
+                        text in value for text in secrets.thumbnail_paths + secrets.names
+                    ):
+                        found.append(f"{value!r} in {table.name}.{column}")
+    for file in library.thumbnails.path_of("thumbnails").rglob("*"):
+        stored = file.relative_to(library.thumbnails.path_of(".")).as_posix()
+        if file.is_file() and (
+            stored in secrets.thumbnail_paths or file.read_bytes() in secrets.thumbnail_contents
+        ):
+            found.append(f"thumbnail file {stored}")
+    return found
+
+
+class AnalysedAgain:
+    """The photos of the library analysed again (a re-upload, or a repack with another pack): the same
+    faces, their boxes shifted a little."""
+
+    def __init__(self, model_pack: str) -> None:
+        self.model_pack = model_pack
+
+    async def analyze_async(self, data: bytes) -> ImageAnalysis:
+        return analysis(int(data), self.model_pack, [(box[0] + 2, *box[1:]) for box in BOXES])
+
+
+class PhotoFiles:
+    def read(self, stored_path: str) -> tuple[bytes, str]:
+        return stored_path[-5:-4].encode(), hashlib.sha256(stored_path.encode()).hexdigest()
+
+
 async def test_forget_erases_a_person_and_reanalysis_does_not_learn_it_again(library: Library) -> None:
     alice, bob, _ = library.persons
     await handle_rename_person([RenamePerson(person_id=alice, name="Alice")], library.deps)
@@ -297,6 +365,8 @@ async def test_forget_erases_a_person_and_reanalysis_does_not_learn_it_again(lib
     hers = [library.faces[n][0] for n in range(3)]
     thumbnails = await _thumbnail_paths(library, hers)
     assert await _leftovers(library, hers, thumbnails) == ["face rows", *thumbnails]  # before: all there
+    secrets = await _secrets(library, hers, ["Alice"])
+    assert len(await _traces(library, secrets)) == 3 + 3 + 3 + 1  # before: embeddings, paths, files, name
 
     forget = ForgetPerson(person_id=alice)
     done = events(await handle_forget_person([forget], library.deps))
@@ -305,6 +375,7 @@ async def test_forget_erases_a_person_and_reanalysis_does_not_learn_it_again(lib
     assert forgotten.image_ids == sorted(library.images)
     assert changes(done)["deleted"] == [alice]
     assert await _leftovers(library, hers, thumbnails) == []
+    assert await _traces(library, secrets) == []
     assert await library.person(alice) is None
     assert await library.count(cannot_links, cannot_links.c.person_id == alice) == 0
     async with library.engine.connect() as connection:
@@ -320,20 +391,13 @@ async def test_forget_erases_a_person_and_reanalysis_does_not_learn_it_again(lib
         refusal(await handle_forget_person([ForgetPerson(person_id=10**9)], library.deps)) == "unknown_person"
     )
 
-    # The photo analysed again (a re-upload, a repack): the forgotten face is found and not stored.
-    class Again:
-        model_pack = PACK
-
-        async def analyze_async(self, data: bytes) -> ImageAnalysis:
-            return analysis(int(data), PACK, [(box[0] + 2, *box[1:]) for box in BOXES])
-
-    class Files:
-        def read(self, stored_path: str) -> tuple[bytes, str]:
-            return stored_path[-5:-4].encode(), hashlib.sha256(stored_path.encode()).hexdigest()
-
-    deps = DetectionDeps(Again(), library.deps.unit_of_work, library.thumbnails, Files())
+    # The photos uploaded again: the forgotten face is found and not stored.
+    deps = DetectionDeps(AnalysedAgain(PACK), library.deps.unit_of_work, library.thumbnails, PhotoFiles())
     uploads = [ImageUploaded(image_id=f"upload-{n}", path=f"//nas/photos/{n}.jpg") for n in range(3)]
     detected = await handle_images_uploaded(uploads, deps)
+    # Thumbnails are named by photo and position: the paths are now the other faces'; their contents count.
+    secrets = dataclasses.replace(secrets, thumbnail_paths=[])
+    assert await _traces(library, secrets) == []
     assert all(isinstance(outcome, list) and outcome[0].face_count == 2 for outcome in detected)
     assert await library.count(faces, faces.c.image_id.in_(library.images)) == 6
     assert await library.count(faces, faces.c.box_x1 < 20) == 0
@@ -341,6 +405,16 @@ async def test_forget_erases_a_person_and_reanalysis_does_not_learn_it_again(lib
     written = {path.read_bytes() for path in library.thumbnails.path_of("thumbnails").rglob("*.jpg")}
     assert len(written) == 6
     assert not written & {face_with(BOXES[0], n * 10).thumbnail_jpeg for n in range(3)}
+
+    # A repack of the photos with another model pack: not learnt again either.
+    repack = DetectionDeps(
+        AnalysedAgain(OTHER_PACK), library.deps.unit_of_work, library.thumbnails, PhotoFiles()
+    )
+    summary = await repack_images(repack, from_pack=None, limit=None)
+    assert (summary.repacked, summary.faces) == (3, 6)
+    assert await library.count(faces, faces.c.model_pack == OTHER_PACK) == 6
+    assert await library.count(faces, faces.c.box_x1 < 20) == 0
+    assert await _traces(library, secrets) == []
 
 
 async def test_a_deleted_photo_leaves_nothing_and_empty_unnamed_persons_go(library: Library) -> None:
@@ -353,6 +427,7 @@ async def test_a_deleted_photo_leaves_nothing_and_empty_unnamed_persons_go(libra
     photo = library.faces[0]
     thumbnails = await _thumbnail_paths(library, photo)
     await handle_reject_face([RejectFace(face_id=photo[1], person_id=alice)], library.deps)
+    secrets = await _secrets(library, photo)
 
     deleted = ImageDeleted(image_id="upload-0")
     done = events(await handle_image_deleted([deleted], library.deps))
@@ -361,6 +436,7 @@ async def test_a_deleted_photo_leaves_nothing_and_empty_unnamed_persons_go(libra
     assert gone.person_ids == [alice]
     assert changes(done)["deleted"] == [alice]
     assert await _leftovers(library, photo, thumbnails) == []
+    assert await _traces(library, secrets) == []
     assert await library.count(images, images.c.id == library.images[0]) == 0
     assert await library.person(alice) is None
     assert (await library.person(carol)).name == "Carol"  # named: kept, though without faces
@@ -374,3 +450,9 @@ async def test_a_deleted_photo_leaves_nothing_and_empty_unnamed_persons_go(libra
     )
     assert await library.count(images) == 1
     assert refusal(await handle_image_deleted([ImageDeleted()], library.deps)) == "invalid_command"
+    # A repack of the photos left: nothing of the deleted one comes back.
+    repack = DetectionDeps(
+        AnalysedAgain(OTHER_PACK), library.deps.unit_of_work, library.thumbnails, PhotoFiles()
+    )
+    assert (await repack_images(repack, from_pack=None, limit=None)).repacked == 1
+    assert await _traces(library, secrets) == []
