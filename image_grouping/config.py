@@ -225,12 +225,24 @@ class Settings(BaseSettings):
     grouping_min_votes: int = Field(
         default=3, ge=1, description="Votes a face needs to join a person (all faces of a smaller one)."
     )
+    grouping_centroid_similarity: float = Field(
+        default=0.35,
+        ge=-1,
+        le=1.01,
+        description="A face the votes left out joins a person whose mean face is this alike (over 1: never).",
+    )
+    grouping_centroid_margin: float = Field(
+        default=0.15,
+        ge=0,
+        le=2,
+        description="...and only when it is this much more alike than to any other person's mean face.",
+    )
     grouping_min_faces: int = Field(default=2, ge=1, description="Smallest person a full recluster founds.")
     grouping_found_min_faces: int = Field(
         default=3, ge=2, description="Smallest person incremental assignment founds."
     )
     grouping_min_reliable_faces: int = Field(
-        default=2, ge=1, description="Reliable faces (score, size, sharpness, pose) a new person needs."
+        default=1, ge=1, description="Reliable faces (score, size, sharpness, pose) a new person needs."
     )
     grouping_min_det_score: float = Field(default=0.6, ge=0, le=1, description="Reliable face: score.")
     grouping_min_face_px: float = Field(default=32.0, ge=0, description="Reliable face: shorter side, px.")

@@ -13,7 +13,8 @@
    faces assigned by hand to the same person start in one group (must-link).
 3. Refinement: faces far from their group's mean are cut loose; groups too small, too loose (mean
    pairwise similarity) or without enough reliable faces dissolve, unless anchored; then every loose face
-   may join a group by votes of its neighbours, exactly as incremental assignment does.
+   may join a group by votes of its neighbours, exactly as incremental assignment does, and a face still
+   loose may join the group whose mean it is clearly nearest (`attach_by_centroids`).
 
 Everything here is numpy in, numpy out: no I/O.
 """
@@ -75,6 +76,7 @@ def group_faces(faces: GroupingInput, params: GroupingParams, *, min_faces: int 
     loose = np.flatnonzero(labels < 0)
     loose_neighbours = Neighbours(neighbours.indices[loose], neighbours.similarities[loose])
     labels = attach_by_votes(faces, labels, loose, loose_neighbours, params)
+    labels = attach_by_centroids(faces, labels, np.flatnonzero(labels < 0), params)
     return Grouping(_compact(labels), neighbours)
 
 
@@ -132,6 +134,64 @@ def attach_by_votes(
         if own_anchor >= 0:
             group_anchor[label] = own_anchor
         labels[face] = label
+    return labels
+
+
+def attach_by_centroids(
+    faces: GroupingInput, labels: np.ndarray, candidates: np.ndarray, params: GroupingParams
+) -> np.ndarray:
+    """Labels where each candidate face left over by the votes joined the group whose mean it is clearly
+    nearest: `centroid_similarity` to the group's normalised mean and `centroid_margin` more than to any
+    other group's, a group of `min_faces` or more, no face of the same photo there, no constraint against it.
+
+    A poor face (blurred, dark, compressed) sits too far from each single face of its person to gather
+    `min_votes` votes, yet the mean of several faces averages their noise away and stays nearer to it
+    than any other person's mean. It only joins: it founds nothing and links no two groups. Every decision
+    is taken against the groups as they were.
+    """
+    labels = labels.copy()
+    if len(candidates) == 0 or params.centroid_similarity > 1:
+        return labels
+    grouped = np.flatnonzero(labels >= 0)
+    ids, inverse, sizes = np.unique(labels[grouped], return_inverse=True, return_counts=True)
+    if len(ids) == 0:
+        return labels
+    sums = np.zeros((len(ids), faces.embeddings.shape[1]), np.float64)
+    _add_in_chunks(sums, inverse, faces.embeddings, grouped)
+    means = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+    means[sizes < params.min_faces] = 0.0  # too few faces for a mean to mean anything
+    group_images: defaultdict[int, set[int]] = defaultdict(set)
+    group_anchor: dict[int, int] = {}
+    for row, image, anchor in zip(
+        inverse.tolist(), faces.image_ids[grouped].tolist(), faces.anchors[grouped].tolist(), strict=True
+    ):
+        group_images[row].add(image)
+        if anchor >= 0:
+            group_anchor[row] = anchor
+    for start in range(0, len(candidates), 4096):
+        part = candidates[start : start + 4096]
+        similarity = faces.embeddings[part] @ means.T
+        if len(ids) > 1:
+            top_two = np.partition(similarity, len(ids) - 2, axis=1)[:, -2:]
+            second = top_two.min(axis=1)
+        else:
+            second = np.full(len(part), -1.0, np.float32)
+        best = similarity.argmax(axis=1)
+        best_similarity = similarity[np.arange(len(part)), best]
+        clear = (best_similarity >= params.centroid_similarity) & (
+            best_similarity - second >= params.centroid_margin
+        )
+        for face, row in zip(part[clear].tolist(), best[clear].tolist(), strict=True):
+            image, own_anchor = int(faces.image_ids[face]), int(faces.anchors[face])
+            anchor = group_anchor.get(row, -1)
+            if (
+                image in group_images[row]
+                or (own_anchor >= 0 and anchor not in (-1, own_anchor))
+                or (anchor >= 0 and anchor in faces.forbidden.get(face, ()))
+            ):
+                continue
+            group_images[row].add(image)
+            labels[face] = ids[row]
     return labels
 
 

@@ -2,7 +2,8 @@
 
 A new face joins an existing person when several of its nearest assigned faces belong to that person
 (`attach_by_votes`: min(`min_votes`, person size) votes, no tie, no face of the same photo, no
-cannot-link). Otherwise it waits, unassigned. The new faces and the unassigned faces close to them are
+cannot-link), or failing that when it is clearly nearest that person's mean face (`attach_by_centroids`).
+Otherwise it waits, unassigned. The new faces and the unassigned faces close to them are
 then grouped like a recluster, but only groups of `found_min_faces` (a tighter bar than a full recluster,
 which sees all faces at once) found new persons. Everything else waits for the next full recluster.
 """
@@ -13,7 +14,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from image_grouping.grouping.clustering import GroupingInput, attach_by_votes, group_faces
+from image_grouping.grouping.clustering import (
+    GroupingInput,
+    attach_by_centroids,
+    attach_by_votes,
+    group_faces,
+)
 from image_grouping.grouping.neighbours import Neighbours, search
 from image_grouping.grouping.params import GroupingParams
 
@@ -36,6 +42,7 @@ def assign_incrementally(
     anchored = replace(faces, anchors=np.where(person_ids >= 0, person_ids, faces.anchors))
     near = _neighbours_among(faces.embeddings, new_faces, assigned, params.neighbours)
     labels = attach_by_votes(anchored, person_ids, new_faces, near, params)
+    labels = attach_by_centroids(anchored, labels, new_faces[labels[new_faces] < 0], params)
     joined = {int(face): int(labels[face]) for face in new_faces if labels[face] >= 0}
 
     waiting = new_faces[labels[new_faces] < 0]

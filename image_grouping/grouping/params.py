@@ -21,9 +21,11 @@ class GroupingParams:
     member_similarity: float = 0.3  # a face less similar than this to its group's mean is cut loose
     vote_similarity: float = 0.36  # a neighbour this similar is a vote for its person
     min_votes: int = 3  # votes a face needs to join a person (a person smaller than this: all its faces)
+    centroid_similarity: float = 0.35  # a face the votes left out joins a person's mean this similar...
+    centroid_margin: float = 0.15  # ...when no other person's mean comes this close to it
     min_faces: int = 2  # smallest person a full recluster founds
     found_min_faces: int = 3  # smallest person incremental assignment founds (a tighter bar: less context)
-    min_reliable_faces: int = 2  # reliable faces (see quality.py) a new person needs
+    min_reliable_faces: int = 1  # reliable faces (see quality.py) a new person needs
     min_det_score: float = 0.6
     min_face_px: float = 32.0
     min_sharpness: float = 15.0

@@ -6,7 +6,11 @@ profile is often closer to another person's profile than to the same person's fr
 
 - an edge between two unreliable faces is ignored: unreliable faces can join a group through reliable
   faces, never build one among themselves;
-- a new person needs `min_reliable_faces` reliable faces;
+- a new person needs `min_reliable_faces` reliable faces. One is enough (measured): a sharp face and a
+  blurred one of the same person, each the other's nearest, found a person, while two blurred faces,
+  which look alike whoever they are, never do. With two, LFW's recluster kept 1.2% more of its faces
+  unassigned (recall 0.9858 against 0.9945, same precision 0.9981), and degraded photos (bench/degraded.py)
+  4% more;
 - an unreliable face still joins an existing person by votes, like any face: leaving every profile or
   small background face unassigned would lose recall for no precision gain.
 """

@@ -203,3 +203,66 @@ def test_immich_reference_founds_persons_from_core_faces() -> None:
     labels = immich_reference(embeddings)
     assert same_partition(labels[:10], truth[:10])
     assert labels[10] == -1  # a lone face is never a core face and has nobody near
+
+
+def test_a_reliable_face_and_an_unreliable_one_found_a_person_together() -> None:
+    embeddings, _ = identities([2, 2], spread=0.3, seed=6)
+    reliable = np.array([True, False, False, False])  # a sharp face and a blurred one; two blurred ones
+    labels = group_faces(faces_of(embeddings, reliable=reliable), PARAMS).labels
+    assert labels[0] == labels[1] >= 0
+    assert (labels[2:] < 0).all()
+    strict = GroupingParams(min_reliable_faces=2)  # the former rule: two reliable faces to found a person
+    assert (group_faces(faces_of(embeddings, reliable=reliable), strict).labels < 0).all()
+
+
+def poor_face_near(embeddings: np.ndarray, members: slice, weight: float, seed: int = 0) -> np.ndarray:
+    """A unit face `weight` of the way towards the members' mean, the rest noise unlike every face."""
+    mean = embeddings[members].sum(axis=0)
+    mean /= np.linalg.norm(mean)
+    noise = np.random.default_rng(seed).standard_normal(len(mean))
+    basis, _ = np.linalg.qr(embeddings.T.astype(np.float64))
+    noise -= basis @ (basis.T @ noise)  # orthogonal to every face, so to every mean
+    noise /= np.linalg.norm(noise)
+    return (weight * mean + np.sqrt(1 - weight**2) * noise).astype(np.float32)
+
+
+def centroid_case() -> tuple[np.ndarray, np.ndarray]:
+    """Two persons of 6 scattered faces, then a poor face of the first: too far from each of its faces
+    to be a vote, clearly nearest its mean."""
+    embeddings, truth = identities([6, 6], spread=0.9, seed=7)
+    poor = poor_face_near(embeddings, slice(0, 6), 0.4)
+    embeddings = np.vstack([embeddings, poor])
+    assert (embeddings[:6] @ poor < PARAMS.vote_similarity).all()  # the votes leave it out
+    return embeddings, np.append(truth, -1)
+
+
+def test_a_face_the_votes_leave_out_joins_the_group_whose_mean_it_is_clearly_nearest() -> None:
+    from image_grouping.grouping import attach_by_centroids
+
+    embeddings, labels = centroid_case()
+    poor = np.array([12])
+    assert attach_by_centroids(faces_of(embeddings), labels, poor, PARAMS)[12] == 0
+    # Not into a group holding a face of its photo, nor a person it was refused from.
+    same_photo = np.arange(13)
+    same_photo[12] = 3
+    assert attach_by_centroids(faces_of(embeddings, image_ids=same_photo), labels, poor, PARAMS)[12] < 0
+    refused = faces_of(embeddings, anchors=np.where(labels == 0, 7, -1), forbidden={12: frozenset({7})})
+    assert attach_by_centroids(refused, labels, poor, PARAMS)[12] < 0
+    # Nor when it is not clearly nearer one mean than the other, nor when the pass is switched off.
+    both = embeddings[:12].sum(axis=0)
+    embeddings[12] = both / np.linalg.norm(both)
+    assert attach_by_centroids(faces_of(embeddings), labels, poor, PARAMS)[12] < 0
+    embeddings, _ = centroid_case()
+    off = GroupingParams(centroid_similarity=1.01)
+    assert attach_by_centroids(faces_of(embeddings), labels, poor, off)[12] < 0
+
+
+def test_recluster_and_incremental_assignment_give_a_poor_face_its_person() -> None:
+    embeddings, _ = centroid_case()
+    labels = group_faces(faces_of(embeddings), PARAMS).labels
+    assert labels[0] >= 0
+    assert (labels[:6] == labels[0]).all()
+    assert labels[12] == labels[0]
+    person_ids = np.array([3] * 6 + [5] * 6 + [-1])
+    decision = assign_incrementally(faces_of(embeddings), person_ids, np.array([12]), PARAMS)
+    assert decision.joined == {12: 3}
