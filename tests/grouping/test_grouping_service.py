@@ -338,9 +338,10 @@ async def test_every_kind_of_edit_survives_three_reclusters_and_the_assignment_o
         assert persons[frank].cover_face_id == frank_cover, after
         assert found[frank_cover].person_id == frank, after
         now = await persons_of(unit_of_work, face_of_row, grouping_settings)
-        # The persons' other faces stay theirs: an edit does not drag a person away. (Not Carol's own faces:
-        # Dave, merged into her, is another identity, so grouping may give her own faces a person of their
-        # own; the merge pinned Dave's faces only.)
+        # A merge says every face of both is one person: Carol keeps all her own faces, although Dave, merged
+        # into her, is another identity grouping would keep apart.
+        assert all(now[row] == carol for row, face in face_of_row.items() if face in members[carol]), after
+        # The persons' other faces stay theirs: an edit does not drag a person away.
         for person_id in (alice, erin, frank):
             faces = set(members[person_id])
             kept = sum(now[row] == person_id for row, face in face_of_row.items() if face in faces)

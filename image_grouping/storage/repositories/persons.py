@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.records import PersonRecord
@@ -141,13 +141,21 @@ class PersonRepository:
         await self._update(person_id, hidden=hidden)
 
     async def merge_by_hand(self, target_id: int, source_id: int) -> None:
-        """Move every face of `source` into `target` as a manual choice, then delete `source`."""
+        """Move every face of `source` into `target` as a manual choice, then delete `source`.
+
+        The target's own faces are pinned too: a merge says all of them are one person, and a recluster
+        that saw two identities would otherwise give the target's unpinned faces a new person."""
         if target_id == source_id:
             return
         connection = self._connection
         await connection.execute(
             update(faces)
-            .where(faces.c.person_id == source_id)
+            .where(
+                or_(
+                    faces.c.person_id == source_id,
+                    and_(faces.c.person_id == target_id, faces.c.assigned_by != BY_HAND),
+                )
+            )
             .values(person_id=target_id, assigned_by=BY_HAND, updated_at=now())
         )
         # A face refused from the source is refused from the merged person too.
