@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DIR ?= ../shared/eval/groups
 
-.PHONY: setup system-packages scan serve test lint
+.PHONY: setup system-packages scan serve test lint docker-e2e
 
 $(BIN)/image-grouping: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,7 @@ lint: setup
 
 test: setup lint
 	$(BIN)/pytest
+
+# Build the image and test its container end to end (as root; see scripts/docker-e2e).
+docker-e2e: setup
+	scripts/docker-e2e

@@ -29,6 +29,8 @@ from image_grouping.config import Settings
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 ENTRYPOINT = REPO_ROOT / "docker" / "docker-entrypoint.sh"
+TEST_BASE_DOCKERFILE = REPO_ROOT / "docker" / "test-base.Dockerfile"
+DOCKER_E2E = REPO_ROOT / "scripts" / "docker-e2e"
 SETTINGS = {name.upper() for name in Settings.model_fields}
 VENV_BIN = Path(sys.executable).parent
 REGENERATE = "run `.venv/bin/python tests/deploy/settings_docs.py` and review the diff"
@@ -166,6 +168,28 @@ def test_every_compose_variable_is_documented() -> None:
     assert set(compose()["services"]["worker"]["environment"]) <= SETTINGS
 
 
+def test_compose_file_follows_the_compose_specification_schema(tmp_path: Path) -> None:
+    """No Compose v2 client runs here: the file is validated against the Compose Specification's JSON
+    schema as check-jsonschema vendors it (`--builtin-schema vendor.compose-spec`, taken from the
+    compose-spec/compose-spec repository)."""
+
+    def validate(path: Path) -> subprocess.CompletedProcess[str]:
+        command = [tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path)]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    result = validate(COMPOSE_FILE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The validator is live: a misspelt key of the worker is refused.
+    document = compose()
+    worker = document["services"]["worker"]
+    worker["stop_grace_perod"] = worker.pop("stop_grace_period")
+    misspelt = tmp_path / "docker-compose.yml"
+    misspelt.write_text(yaml.safe_dump(document))
+    refused = validate(misspelt)
+    assert refused.returncode == 1
+    assert "stop_grace_perod" in refused.stdout + refused.stderr
+
+
 def test_compose_config_accepts_the_file(tmp_path: Path) -> None:
     """`docker compose config` where a Compose v2 client exists (CI machines may have none)."""
     docker = shutil.which("docker")
@@ -185,8 +209,9 @@ def test_compose_config_accepts_the_file(tmp_path: Path) -> None:
 # --- docker/Dockerfile -----------------------------------------------------------------------------------
 
 
-def test_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run([tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, check=False)
+@pytest.mark.parametrize("dockerfile", [DOCKERFILE, TEST_BASE_DOCKERFILE], ids=lambda path: path.name)
+def test_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
+    result = subprocess.run([tool("hadolint"), str(dockerfile)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -226,10 +251,9 @@ def test_dockerfile_variables_are_documented() -> None:
 # --- docker/docker-entrypoint.sh -------------------------------------------------------------------------
 
 
-def test_entrypoint_passes_shellcheck() -> None:
-    result = subprocess.run(
-        [tool("shellcheck"), str(ENTRYPOINT)], capture_output=True, text=True, check=False
-    )
+@pytest.mark.parametrize("script", [ENTRYPOINT, DOCKER_E2E], ids=lambda path: path.name)
+def test_scripts_pass_shellcheck(script: Path) -> None:
+    result = subprocess.run([tool("shellcheck"), str(script)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
