@@ -136,6 +136,7 @@ class Container:
 
     async def volume(self, path: str) -> Path:
         """The host folder of the named volume mounted at `path` (the engine is local)."""
+        assert path in self.volumes, f"no volume is mounted at {path}, only at {sorted(self.volumes)}"
         mountpoint = await docker("volume", "inspect", "-f", "{{.Mountpoint}}", self.volumes[path])
         return Path(mountpoint.stdout.strip())
 
@@ -379,7 +380,7 @@ async def test_uploads_of_real_photos_give_faces_detected_rows_thumbnails_and_lo
 
     # Thumbnails in the thumbnails volume (paths are stored relative to SYSTEM_STORAGE=/data), written by
     # the service's user.
-    thumbnail_volume = await container.volume("/data/thumbnails")
+    thumbnail_volume = await container.volume(docker_env_default("THUMBNAIL_SAVE_PATH"))
     assert len(thumbnails) == sum(announced.values())
     for stored_path in thumbnails:
         relative = Path(stored_path).relative_to("thumbnails")
@@ -579,7 +580,7 @@ async def test_oneshot_dry_run_writes_nothing_then_oneshot_processes_what_is_pen
             stored_faces = await count_rows(engine, faces)
             assert stored_faces >= 2
             assert await count_rows(engine, recluster_runs) == 1  # RECOGNIZER_ARGS=--recluster: regrouped
-            thumbnails = files_in(await container.volume("/data/thumbnails"))
+            thumbnails = files_in(await container.volume(docker_env_default("THUMBNAIL_SAVE_PATH")))
             assert len(thumbnails) == stored_faces
     finally:
         await engine.dispose()
