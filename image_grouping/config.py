@@ -270,8 +270,9 @@ class Settings(BaseSettings):
         pack = pack_info(info.data.get("model_pack", ""))
         if value is False and info.data.get("model_dir") is None and pack and not pack.commercial_use:
             raise ValueError(
-                f"MODEL_PACK {pack.id} is licensed for {pack.licence}; set MODEL_PACK={LICENCE_CLEAN_PACK} "
-                "(commercial use allowed) or ACCEPT_NON_COMMERCIAL_MODELS=true"
+                f"MODEL_PACK {pack.id} may not be used commercially ({pack.licence}); set "
+                f"MODEL_PACK={LICENCE_CLEAN_PACK} (commercial use allowed) "
+                "or ACCEPT_NON_COMMERCIAL_MODELS=true"
             )
         return value
 

@@ -89,3 +89,28 @@ def test_production_can_refuse_a_non_commercial_model_pack(monkeypatch: pytest.M
     assert load_settings(_env_file=None).model_pack == "buffalo_sc"
     monkeypatch.delenv("ACCEPT_NON_COMMERCIAL_MODELS")
     assert load_settings(_env_file=None).accept_non_commercial_models is None
+
+
+def test_the_start_up_log_states_the_licence_of_the_pack_in_use() -> None:
+    from structlog.testing import capture_logs
+
+    from image_grouping.bootstrap import log_model_licence
+
+    with capture_logs() as unaccepted:
+        log_model_licence(load_settings(_env_file=None, model_pack="buffalo_sc", model_dir=None))
+    with capture_logs() as accepted:
+        log_model_licence(
+            load_settings(_env_file=None, model_pack="buffalo_sc", accept_non_commercial_models=True)
+        )
+    with capture_logs() as clean:
+        log_model_licence(load_settings(_env_file=None, model_pack="yunet_dlib"))
+
+    ((warning,),) = [unaccepted]
+    assert warning["log_level"] == "warning"
+    assert "non-commercial" in warning["licence"]
+    assert "ACCEPT_NON_COMMERCIAL_MODELS" in warning["event"]
+    assert [(entry["log_level"], entry["commercial_use"]) for entry in accepted + clean] == [
+        ("info", False),
+        ("info", True),
+    ]
+    assert "CC0" in clean[0]["licence"]
