@@ -1,6 +1,8 @@
 """Faces added by hand: how close the embedding of a face added by its box comes to the detector's own.
 
-    nice -n 10 .venv/bin/python bench/hand_faces.py [--groups 8] [--fddb 40]
+    nice -n 10 .venv/bin/python bench/hand_faces.py [--groups 8] [--fddb 40] [--search-only]
+    nice -n 10 .venv/bin/python bench/hand_faces.py --groups 0 --fddb 400 --misses-only
+    MODEL_PACK=yunet_dlib nice -n 10 .venv/bin/python bench/hand_faces.py
 
 Each face the detector finds in the first `--groups` group photos and `--fddb` FDDB photos of
 ../shared/eval is dropped and added back by hand: the photo is analysed again with a box at its place

@@ -45,8 +45,8 @@ HAND_MIN_IOU = 0.3  # ... if its box overlaps the drawn box this much
 # The region is grown, first, to the detector's whole input, so the face is seen at the photo's own scale
 # and gets the landmarks the detector would give it there; if nothing is found, it is searched again in
 # the region alone, enlarged to the input (tiny faces). bench/hand_faces.py: of 33 FDDB faces the detector
-# misses, the first finds 22, the second alone 24, both 26; the embedding of a detected face added back
-# by hand has a median cosine of 0.987 to the detector's with the first, 0.978 with the second alone.
+# misses, the first alone finds 22, the second alone 24, both 26; the embedding of a detected face added
+# back by its box has a median cosine of 0.987 to the detector's with both, 0.978 with the second alone.
 HAND_SEARCH_REGIONS = (1.0, 0.0)  # the least share of the detector's input the region fills
 # Where SCRFD (buffalo_sc) puts the 5 landmarks in its box, as shares of the box's width and height: the
 # mean over the faces it finds in 400 FDDB photos (bench/hand_faces.py). The landmarks of a face added by
