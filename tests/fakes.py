@@ -17,7 +17,14 @@ import numpy as np
 from image_grouping.errors import BadInputError, CorruptImageError, ImageNotFoundError
 from image_grouping.models.face_identity import StoredFace, distinct_boxes, match_boxes, plan_reanalysis
 from image_grouping.models.faces import DetectedFace, FaceQuality, HandBox, ImageAnalysis
-from image_grouping.models.records import FaceRecord, FaceSet, ImageRecord, ImageResult, PersonRecord
+from image_grouping.models.records import (
+    FaceEdit,
+    FaceRecord,
+    FaceSet,
+    ImageRecord,
+    ImageResult,
+    PersonRecord,
+)
 from image_grouping.models.views import FaceView, ImageView, PersonSummary
 
 AUTOMATIC, BY_HAND = "grouping", "manual"
@@ -49,6 +56,7 @@ class State:
     persons: dict[int, dict[str, Any]] = field(default_factory=dict)
     cannot_links: set[tuple[int, int]] = field(default_factory=set)
     tombstones: list[tuple[int, tuple[float, float, float, float]]] = field(default_factory=list)
+    edits: list[FaceEdit] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     next_id: int = 1
 
@@ -255,6 +263,9 @@ class FakeFaces(_Repository):
             for face_id in face_ids
             if (row := self.state.faces.get(face_id)) is not None
         }
+
+    async def record_edits(self, edits: Sequence[FaceEdit]) -> None:
+        self.state.edits += edits
 
     async def assign_by_hand(self, face_id: int, person_id: int) -> None:
         row = self.state.faces[face_id]

@@ -46,7 +46,7 @@ from image_grouping.models.face_identity import HandFaceNotAnalysedError, match_
 from image_grouping.models.faces import Box, HandBox
 from image_grouping.models.messages import AddFace, EventData, FaceAdded, FacesDetected, PersonsUpdated
 from image_grouping.models.persons import PersonChanges
-from image_grouping.models.records import ImageRecord, ImageResult
+from image_grouping.models.records import FaceEdit, ImageRecord, ImageResult
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +129,7 @@ async def _attempt(command: AddFace, box: Box, deps: AddFaceDeps) -> list[EventD
         if command.person_id is not None:
             await uow.faces.assign_by_hand(face_id, command.person_id)
             changes.face_moved(face_id, None, command.person_id)
+        await uow.faces.record_edits([FaceEdit(face_id, None, command.person_id, "add")])
         await uow.commit()
     log.info("face added by hand", db_image_id=image.id, face_id=face_id, found=added.quality.det_score > 0)
     events: list[EventData] = [

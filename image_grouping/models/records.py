@@ -86,7 +86,7 @@ class FaceEdit:
     face_id: int
     from_person_id: int | None
     to_person_id: int | None
-    action: str  # assign, reject, merge, cover
+    action: str  # assign, reject, merge, cover, add (a face added by hand)
     at: datetime | None = None  # when it was recorded; None before
 
 

@@ -118,6 +118,8 @@ async def test_a_face_added_by_hand_is_kept_through_reanalysis_reclusters_and_a_
         embedding = np.frombuffer(row.embedding, "<f4").copy()
         async with unit_of_work() as uow:
             shown = {face.id: face for face in await uow.views.faces_of_image(image.id)}
+            (recorded,) = await uow.faces.edits([added.face_id])
+        assert (recorded.from_person_id, recorded.to_person_id, recorded.action) == (None, person, "add")
         assert shown[added.face_id].added_by_hand
         assert shown[added.face_id].assigned_by == "manual"
 

@@ -15,6 +15,7 @@ from image_grouping.handlers.add_face import AddFaceDeps, handle_add_face
 from image_grouping.handlers.detection import DetectionDeps, handle_images_uploaded
 from image_grouping.models.faces import DetectedFace, FaceQuality, HandBox, ImageAnalysis
 from image_grouping.models.messages import AddFace, FaceAdded, FacesDetected, ImageUploaded, PersonsUpdated
+from image_grouping.models.records import FaceEdit
 
 PACK = FakeAnalyzer.model_pack
 DETECTED = [(0.0, 0.0, 80.0, 80.0), (100.0, 0.0, 180.0, 80.0)]
@@ -99,6 +100,7 @@ async def test_a_face_added_by_hand_is_analysed_at_its_box_stored_marked_and_joi
     assert row.thumbnail_path in photos.thumbnails.saved
     assert photos.analyzer.hand_calls[-1] == [HandBox(DRAWN, drawn=True)]
     assert sum(1 for each in photos.faces().values() if each.image_id == image_id) == 3
+    assert photos.database.committed.edits[-1] == FaceEdit(added.face_id, None, person, "add")
 
 
 async def test_without_a_person_the_face_is_left_to_grouping(photos: Photos) -> None:
