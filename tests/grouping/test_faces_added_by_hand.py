@@ -1,6 +1,7 @@
 """A face added by hand, with the real models on a real photo, over SQLite and PostgreSQL: it is embedded
 like the detector's face of it, gets its thumbnail, is marked and joins its person, and keeps all of it
-through re-analysis (the detector missing it again, then finding it), three reclusters and a repack.
+through re-analysis (the detector missing it again, then finding it), three reclusters and a repack;
+forgotten with its person, re-analysis does not bring it back.
 
 The detector "misses" a face by a minimum face size just above that face's (the analyzer's own filter),
 so the same photo gives the face by detection (the plain analyzer) and by hand (the strict one); the second
@@ -21,12 +22,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from image_grouping.bootstrap import bootstrap, grouping_params, load_analyzer
 from image_grouping.config import Settings, load_settings
+from image_grouping.handlers import people
 from image_grouping.handlers.add_face import handle_add_face
 from image_grouping.handlers.detection import handle_images_uploaded
 from image_grouping.handlers.recognition import GroupingDeps, handle_recluster_requested
 from image_grouping.handlers.repack import repack_images
 from image_grouping.models.face_identity import box_iou
-from image_grouping.models.messages import AddFace, FaceAdded, ImageUploaded, ReclusterRequested
+from image_grouping.models.messages import (
+    AddFace,
+    FaceAdded,
+    ForgetPerson,
+    ImageUploaded,
+    ReclusterRequested,
+)
 from image_grouping.storage import SqlUnitOfWork
 from image_grouping.storage.schema import BY_HAND, faces
 from image_grouping.vision import FaceAnalyzer
@@ -167,3 +175,18 @@ async def test_a_face_added_by_hand_is_kept_through_reanalysis_reclusters_and_a_
         assert (by_hand.person_id, by_hand.assigned_by) == (person, BY_HAND)
         assert (by_hand.box_x1, by_hand.box_y1, by_hand.box_x2, by_hand.box_y2) == added.box
         assert _cosine(by_hand, embedding) > 0.999  # the same models under another id
+
+        # Forgotten with its person (every pack's face of it goes): analysing the photo again, by the
+        # detector that misses the face or by the one that finds it, does not bring it back.
+        (forgotten,) = await people.handle_forget_person(
+            [ForgetPerson(person_id=person)], adapters.people_deps()
+        )
+        assert isinstance(forgotten, list)
+        for reanalysis in (detection, dataclasses.replace(detection, analyzer=analyzer)):
+            await handle_images_uploaded([upload], reanalysis)
+            left = (await _faces(grouping_engine, pack)).values()
+            assert len(left) == len(plain.faces) - 1
+            assert not any(row.added_by_hand for row in left)
+            boxes = np.array([(row.box_x1, row.box_y1, row.box_x2, row.box_y2) for row in left])
+            assert box_iou(boxes, np.array(added.box)).max() < 0.5
+        assert not any(row.added_by_hand for row in (await _faces(grouping_engine, PACK_B)).values())
