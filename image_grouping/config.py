@@ -225,21 +225,30 @@ class Settings(BaseSettings):
     grouping_min_votes: int = Field(
         default=3, ge=1, description="Votes a face needs to join a person (all faces of a smaller one)."
     )
-    grouping_centroid_similarity: float = Field(
-        default=0.35,
+    grouping_centroid_similarity: float | None = Field(
+        default=None,
         ge=-1,
         le=1.01,
-        description="A face the votes left out joins a person whose mean face is this alike (over 1: never).",
+        description="A face the votes left out joins a person whose mean face is this alike (over 1: never). "
+        + _per_pack("centroid_similarity"),
     )
-    grouping_centroid_margin: float = Field(
-        default=0.15,
+    grouping_centroid_margin: float | None = Field(
+        default=None,
         ge=0,
         le=2,
-        description="...and only when it is this much more alike than to any other person's mean face.",
+        description="...and only when it is this much more alike than to any other person's mean face. "
+        + _per_pack("centroid_margin"),
     )
     grouping_min_faces: int = Field(default=2, ge=1, description="Smallest person a full recluster founds.")
     grouping_found_min_faces: int = Field(
-        default=3, ge=2, description="Smallest person incremental assignment founds."
+        default=2, ge=2, description="Smallest person incremental assignment founds."
+    )
+    grouping_found_pair_similarity: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1.01,
+        description="Two faces found a person between reclusters this alike (over 1: never). "
+        + _per_pack("found_pair_similarity"),
     )
     grouping_min_reliable_faces: int = Field(
         default=1, ge=1, description="Reliable faces (score, size, sharpness, pose) a new person needs."

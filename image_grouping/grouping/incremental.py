@@ -4,8 +4,9 @@ A new face joins an existing person when several of its nearest assigned faces b
 (`attach_by_votes`: min(`min_votes`, person size) votes, no tie, no face of the same photo, no
 cannot-link), or failing that when it is clearly nearest that person's mean face (`attach_by_centroids`).
 Otherwise it waits, unassigned. The new faces and the unassigned faces close to them are
-then grouped like a recluster, but only groups of `found_min_faces` (a tighter bar than a full recluster,
-which sees all faces at once) found new persons. Everything else waits for the next full recluster.
+then grouped like a recluster, but only groups of `found_min_faces` found new persons, and two faces only
+when `found_pair_similarity` alike (a tighter bar than a full recluster, which sees all faces at once).
+Everything else waits for the next full recluster.
 """
 
 from __future__ import annotations
@@ -64,6 +65,13 @@ def assign_incrementally(
     founded = [pool[groups == group] for group in range(int(groups.max(initial=-1)) + 1)]
     # A loose face whose group fell under the bar after refinement leaves nothing behind: keep real groups.
     founded = [members for members in founded if len(members) >= params.found_min_faces]
+    # Two faces found a person only when clearly alike: less context than a recluster has.
+    founded = [
+        members
+        for members in founded
+        if len(members) > 2
+        or float(faces.embeddings[members[0]] @ faces.embeddings[members[1]]) >= params.found_pair_similarity
+    ]
     return IncrementalDecision(joined, founded)
 
 

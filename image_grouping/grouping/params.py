@@ -24,11 +24,12 @@ class GroupingParams:
     centroid_similarity: float = 0.35  # a face the votes left out joins a person's mean this similar...
     centroid_margin: float = 0.15  # ...when no other person's mean comes this close to it
     min_faces: int = 2  # smallest person a full recluster founds
-    found_min_faces: int = 3  # smallest person incremental assignment founds (a tighter bar: less context)
+    found_min_faces: int = 2  # smallest person incremental assignment founds...
+    found_pair_similarity: float = 0.4  # ...two faces only this alike (a tighter bar: less context)
     min_reliable_faces: int = 1  # reliable faces (see quality.py) a new person needs
     min_det_score: float = 0.6
     min_face_px: float = 32.0
-    min_sharpness: float = 15.0
+    min_sharpness: float = 40.0  # Laplacian variance of the aligned crop (motion blur: ~33, sharp: 150+)
     max_abs_yaw: float = 0.6
     exact_search_limit: int = 20_000  # above this many faces the neighbour search is approximate
 

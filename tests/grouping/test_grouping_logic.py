@@ -266,3 +266,17 @@ def test_recluster_and_incremental_assignment_give_a_poor_face_its_person() -> N
     person_ids = np.array([3] * 6 + [5] * 6 + [-1])
     decision = assign_incrementally(faces_of(embeddings), person_ids, np.array([12]), PARAMS)
     assert decision.joined == {12: 3}
+
+
+@pytest.mark.parametrize(("similarity", "founds"), [(0.45, True), (0.38, False)])
+def test_two_waiting_faces_found_a_person_between_reclusters_only_when_clearly_alike(
+    similarity: float, founds: bool
+) -> None:
+    embeddings, _ = identities([4, 2], seed=8)
+    other = poor_face_near(embeddings, slice(0, 6), 0.0, seed=1)  # unlike every face here
+    embeddings[5] = similarity * embeddings[4] + np.sqrt(1 - similarity**2) * other
+    assert embeddings[4] @ embeddings[5] >= PARAMS.link_similarity  # linked, so a recluster would pair them
+    person_ids = np.array([1, 1, 1, 1, -1, -1])
+    decision = assign_incrementally(faces_of(embeddings), person_ids, np.array([5]), PARAMS)
+    assert decision.joined == {}
+    assert [sorted(group.tolist()) for group in decision.founded] == ([[4, 5]] if founds else [])
