@@ -239,6 +239,13 @@ class Settings(BaseSettings):
         description="...and only when it is this much more alike than to any other person's mean face. "
         + _per_pack("centroid_margin"),
     )
+    grouping_twin_similarity: float | None = Field(
+        default=None,
+        ge=-1,
+        le=1.01,
+        description="Two groups, each the other's nearest by their mean faces, this alike become one person "
+        "(over 1: never). " + _per_pack("twin_similarity"),
+    )
     grouping_min_faces: int = Field(default=2, ge=1, description="Smallest person a full recluster founds.")
     grouping_found_min_faces: int = Field(
         default=2, ge=2, description="Smallest person incremental assignment founds."

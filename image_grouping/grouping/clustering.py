@@ -14,7 +14,8 @@
 3. Refinement: faces far from their group's mean are cut loose; groups too small, too loose (mean
    pairwise similarity) or without enough reliable faces dissolve, unless anchored; then every loose face
    may join a group by votes of its neighbours, exactly as incremental assignment does, and a face still
-   loose may join the group whose mean it is clearly nearest (`attach_by_centroids`).
+   loose may join the group whose mean it is clearly nearest (`attach_by_centroids`). Last, two groups
+   that are each other's nearest by their means, `twin_similarity` alike, become one.
 
 Everything here is numpy in, numpy out: no I/O.
 """
@@ -77,6 +78,7 @@ def group_faces(faces: GroupingInput, params: GroupingParams, *, min_faces: int 
     loose_neighbours = Neighbours(neighbours.indices[loose], neighbours.similarities[loose])
     labels = attach_by_votes(faces, labels, loose, loose_neighbours, params)
     labels = attach_by_centroids(faces, labels, np.flatnonzero(labels < 0), params)
+    labels = _merge_twin_groups(faces, labels, params)
     return Grouping(_compact(labels), neighbours)
 
 
@@ -192,6 +194,51 @@ def attach_by_centroids(
                 continue
             group_images[row].add(image)
             labels[face] = ids[row]
+    return labels
+
+
+def _merge_twin_groups(faces: GroupingInput, labels: np.ndarray, params: GroupingParams) -> np.ndarray:
+    """Two groups that are each other's nearest by their mean faces, `twin_similarity` alike, become one
+    (no shared photo, not two anchored persons, no refusal between them).
+
+    One person's sharp and blurred photos can gather into two groups with no single pair of faces alike
+    enough to link them, while their means, which average each group's noise away, are close.
+    """
+    grouped = np.flatnonzero(labels >= 0)
+    ids, inverse = np.unique(labels[grouped], return_inverse=True)
+    if len(ids) < 2 or params.twin_similarity > 1:
+        return labels
+    sums = np.zeros((len(ids), faces.embeddings.shape[1]), np.float64)
+    _add_in_chunks(sums, inverse, faces.embeddings, grouped)
+    means = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+    nearest = nearest_neighbours(means, 1, exact_limit=params.exact_search_limit)
+    partner, similarity = nearest.indices[:, 0], nearest.similarities[:, 0]
+    twins = np.flatnonzero(
+        (partner >= 0)
+        & (similarity >= params.twin_similarity)
+        & (partner[np.maximum(partner, 0)] == np.arange(len(ids)))
+    )
+    twins = twins[twins < partner[twins]]  # each pair once
+    if len(twins) == 0:
+        return labels
+    images: defaultdict[int, set[int]] = defaultdict(set)
+    anchors: defaultdict[int, set[int]] = defaultdict(set)
+    refused: defaultdict[int, set[int]] = defaultdict(set)
+    for row, face in zip(inverse.tolist(), grouped.tolist(), strict=True):
+        images[row].add(int(faces.image_ids[face]))
+        if faces.anchors[face] >= 0:
+            anchors[row].add(int(faces.anchors[face]))
+        refused[row].update(faces.forbidden.get(face, ()))
+    labels = labels.copy()
+    for first, second in zip(twins.tolist(), partner[twins].tolist(), strict=True):
+        if (
+            images[first] & images[second]
+            or (anchors[first] and anchors[second] and anchors[first] != anchors[second])
+            or anchors[first] & refused[second]
+            or anchors[second] & refused[first]
+        ):
+            continue
+        labels[labels == ids[second]] = ids[first]
     return labels
 
 

@@ -23,6 +23,7 @@ class GroupingParams:
     min_votes: int = 3  # votes a face needs to join a person (a person smaller than this: all its faces)
     centroid_similarity: float = 0.35  # a face the votes left out joins a person's mean this similar...
     centroid_margin: float = 0.15  # ...when no other person's mean comes this close to it
+    twin_similarity: float = 0.5  # two groups, each the other's nearest by their means, this alike: one
     min_faces: int = 2  # smallest person a full recluster founds
     found_min_faces: int = 2  # smallest person incremental assignment founds...
     found_pair_similarity: float = 0.4  # ...two faces only this alike (a tighter bar: less context)

@@ -280,3 +280,21 @@ def test_two_waiting_faces_found_a_person_between_reclusters_only_when_clearly_a
     decision = assign_incrementally(faces_of(embeddings), person_ids, np.array([5]), PARAMS)
     assert decision.joined == {}
     assert [sorted(group.tolist()) for group in decision.founded] == ([[4, 5]] if founds else [])
+
+
+def test_two_groups_each_the_others_nearest_by_their_means_become_one() -> None:
+    from image_grouping.grouping.clustering import _merge_twin_groups
+
+    embeddings, _ = identities([8, 4], spread=0.6, seed=9)
+    labels = np.array([0] * 4 + [1] * 4 + [2] * 4)  # one person's faces in two groups, another's in one
+    merged = _merge_twin_groups(faces_of(embeddings), labels, PARAMS)
+    assert (merged[:8] == merged[0]).all()
+    assert (merged[8:] == 2).all()
+    # Not when a photo is in both, nor when each is anchored to another person, nor switched off.
+    shared = np.arange(12)
+    shared[5] = 1
+    assert (_merge_twin_groups(faces_of(embeddings, image_ids=shared), labels, PARAMS) == labels).all()
+    anchored = faces_of(embeddings, anchors=np.array([3] * 4 + [4] * 4 + [-1] * 4))
+    assert (_merge_twin_groups(anchored, labels, PARAMS) == labels).all()
+    off = GroupingParams(twin_similarity=1.01)
+    assert (_merge_twin_groups(faces_of(embeddings), labels, off) == labels).all()
