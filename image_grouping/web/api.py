@@ -1,5 +1,6 @@
 """The JSON API under /api: each endpoint calls one handler of image_grouping.handlers (people.py for the
-edits, queries.py for the reads) and says what it returned; the photo and thumbnails by id.
+edits, add_face.py to add a face by hand, queries.py for the reads) and says what it returned, as the CLI
+and the RabbitMQ commands do; the photo and thumbnails by id.
 
 An edit answers with the events its handler returned (`changes`: what changed, empty when nothing did).
 Wrong types and out-of-range values are refused by validation (422); a refusal of a handler keeps its
@@ -18,20 +19,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from image_grouping.bootstrap import Adapters, suggestion_params
 from image_grouping.errors import InvalidCommandError
 from image_grouping.handlers import people, queries
+from image_grouping.handlers.add_face import handle_add_face
 from image_grouping.handlers.people import PeopleDeps
 from image_grouping.handlers.ports import Outcome
 from image_grouping.models import views
 from image_grouping.models.messages import (
+    AddFace,
     AssignFace,
     ChooseCover,
     EventData,
     ForgetPerson,
+    ImageDeleted,
     MergePersons,
     RejectFace,
     RenamePerson,
     SetPersonHidden,
 )
-from image_grouping.models.views import FaceView, PersonSummary
+from image_grouping.models.views import FaceView, ImageView, PersonSummary
 from image_grouping.web.app import require_token
 from image_grouping.web.files import WebFiles
 
@@ -77,6 +81,7 @@ class Face(BaseModel):
     assigned_by: str = Field(
         description='"manual" when set by hand (grouping never changes it), else "auto".'
     )
+    added_by_hand: bool = Field(description="A person drew its box where the detector had found none.")
     path: str = Field(description="The photo's path as stored.")
     thumbnail_url: str | None
     photo_url: str = Field(description="The photo's file.")
@@ -113,14 +118,25 @@ class MergeSuggestion(BaseModel):
     similarity: float
 
 
-class Photo(BaseModel):
+class PhotoSummary(BaseModel):
     id: int
     path: str
     source_id: str | None
     width: int | None
     height: int | None
     url: str = Field(description="The photo's file.")
+    detail_url: str = Field(description="This photo, with every face in it.")
+    page_url: str = Field(description="The photo with every face drawn, in the browser.")
+
+
+class Photo(PhotoSummary):
     faces: list[Face]
+
+
+class PhotoPage(BaseModel):
+    offset: int
+    limit: int
+    images: list[PhotoSummary]
 
 
 class Change(BaseModel):
@@ -163,6 +179,18 @@ class Rejection(BaseModel):
     )
 
 
+class DrawnFace(BaseModel):
+    """A face the detector missed: its box on the photo, and the person it is if known."""
+
+    model_config = ConfigDict(extra="forbid")
+    box: tuple[float, float, float, float] = Field(
+        description="x1, y1, x2, y2 in pixels of the photo as shown (EXIF orientation applied), full size."
+    )
+    person_id: int | None = Field(
+        default=None, ge=1, le=MAX_ID, description="The person it is, by hand; null: grouping decides."
+    )
+
+
 # --- views to JSON ---------------------------------------------------------------------------------------
 
 
@@ -190,6 +218,7 @@ def face_json(face: FaceView) -> dict[str, Any]:
         "person_id": face.person_id,
         "box": face.box,
         "assigned_by": face.assigned_by,
+        "added_by_hand": face.added_by_hand,
         "path": face.path,
         "thumbnail_url": thumbnail_url(face.id) if face.thumbnail else None,
         "photo_url": f"/api/images/{face.image_id}/file",
@@ -205,6 +234,19 @@ async def run_edit(
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
+
+
+def photo_json(image: ImageView) -> dict[str, Any]:
+    return {
+        "id": image.id,
+        "path": image.path,
+        "source_id": image.source_id,
+        "width": image.width,
+        "height": image.height,
+        "url": f"/api/images/{image.id}/file",
+        "detail_url": f"/api/images/{image.id}",
+        "page_url": f"/photos/{image.id}",
+    }
 
 
 def changes(events: list[EventData]) -> Changes:
@@ -344,18 +386,50 @@ async def face_thumbnail(
 # --- photos ----------------------------------------------------------------------------------------------
 
 
+@router.get("/images", response_model=PhotoPage, summary="The photos showing every one of some persons")
+async def photos_with(
+    deps: Deps,
+    person_ids: Annotated[
+        list[Annotated[int, Field(ge=1, le=MAX_ID)]],
+        Query(
+            alias="with",
+            min_length=1,
+            max_length=queries.MAX_PERSONS_PER_QUERY,
+            description="A person's id; repeated: all of them are in each photo.",
+        ),
+    ],
+    offset: Offset = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> dict[str, Any]:
+    """As `image-grouping images with`: in the order the photos were registered."""
+    photos = await queries.images_with(deps.unit_of_work, person_ids, offset=offset, limit=limit)
+    return {"offset": offset, "limit": limit, "images": [photo_json(image) for image in photos]}
+
+
 @router.get("/images/{image_id}", response_model=Photo, summary="A photo and every face in it")
 async def photo(deps: Deps, image_id: Id) -> dict[str, Any]:
     detail = await queries.image_detail(deps.unit_of_work, image_id)
-    return {
-        "id": detail.id,
-        "path": detail.path,
-        "source_id": detail.source_id,
-        "width": detail.width,
-        "height": detail.height,
-        "url": f"/api/images/{detail.id}/file",
-        "faces": [face_json(face) for face in detail.faces],
-    }
+    return photo_json(detail) | {"faces": [face_json(face) for face in detail.faces]}
+
+
+@router.delete("/images/{image_id}", response_model=Changes, summary="Delete a photo's faces (erasure)")
+async def delete_photo(deps: Deps, image_id: Id) -> Changes:
+    """As the uploader's `image.deleted` and `image-grouping images delete`: the photo's faces, embeddings
+    and thumbnails go, and persons left without faces go unless named. The file itself is left alone."""
+    path = await queries.photo_path(deps.unit_of_work, image_id)
+    return changes(await run_edit(people.handle_image_deleted, ImageDeleted(path=path), deps))
+
+
+@router.post("/images/{image_id}/faces", response_model=Changes, summary="Add a face the detector missed")
+async def add_face(deps: Deps, image_id: Id, face: DrawnFace) -> Changes:
+    """As `face.add.requested` and `image-grouping faces add`: the face is analysed at the box like a
+    detected one (the models are loaded by the first one added), and analysing the photo again keeps it.
+    Adding it again is no change."""
+    command = AddFace(image_id=image_id, box=face.box, person_id=face.person_id)
+    (outcome,) = await handle_add_face([command], deps.add_face_deps())
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return changes(outcome)
 
 
 @router.get(

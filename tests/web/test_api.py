@@ -101,6 +101,7 @@ def test_person_with_a_page_of_faces(client: TestClient, library: Library) -> No
     assert face["person_id"] == library.ada
     assert face["photo_url"] == f"/api/images/{face['image_id']}/file"
     assert face["photo_page_url"] == f"/photos/{face['image_id']}"
+    assert face["added_by_hand"] is False
     assert client.get(face["thumbnail_url"]).status_code == 200
     rest = client.get(f"/api/persons/{library.ada}", params={"offset": 2}).json()["faces"]
     assert len(rest) == 1
@@ -169,6 +170,103 @@ def test_photo_with_its_faces_and_its_file(client: TestClient, library: Library)
     refused(client.get(f"/api/images/{MISSING}"), 404, "unknown_image")
     refused(client.get(f"/api/images/{MISSING}/file"), 404, "unknown_image")
     assert client.get("/api/images/x/file").status_code == 422
+
+
+def test_photos_showing_every_one_of_some_persons(client: TestClient, library: Library) -> None:
+    def ids(*person_ids: int, **paging: int) -> list[int]:
+        answer = client.get("/api/images", params={"with": list(person_ids), **paging})
+        assert answer.status_code == 200, answer.text
+        return [photo["id"] for photo in answer.json()["images"]]
+
+    assert ids(library.ada, library.bob) == library.photos[:3]
+    assert ids(library.ada_too) == [library.photos[3]]
+    assert ids(library.ada, library.ada_too) == []
+    assert ids(library.ada, library.bob, library.cy, offset=1, limit=1) == [library.photos[1]]
+    page = client.get("/api/images", params={"with": library.ada_too}).json()
+    assert (page["offset"], page["limit"]) == (0, 100)
+    assert page["images"] == [
+        {
+            "id": library.photos[3],
+            "path": "//nas/photos/3.jpg",
+            "source_id": "upload-3",
+            "width": 640,
+            "height": 480,
+            "url": f"/api/images/{library.photos[3]}/file",
+            "detail_url": f"/api/images/{library.photos[3]}",
+            "page_url": f"/photos/{library.photos[3]}",
+        }
+    ]
+    refused(client.get("/api/images", params={"with": [library.ada, MISSING]}), 404, "unknown_person")
+    for params in (
+        {},
+        {"with": "ada"},
+        {"with": 0},
+        {"with": 2**63},
+        {"with": library.ada, "limit": 0},
+        {"with": library.ada, "offset": -1},
+        {"with": [library.ada] * 1001},
+    ):
+        assert client.get("/api/images", params=params).status_code == 422, params
+
+
+def test_delete_a_photo_erases_its_faces_and_their_thumbnails(client: TestClient, library: Library) -> None:
+    photo = library.photos[3]  # Ada-too's only face, and a face nobody's
+    thumbnails = rows(library, select(faces.c.thumbnail_path).where(faces.c.image_id == photo))
+    files = [library.settings.system_storage / path for (path,) in thumbnails]
+    assert len(files) == 2
+    assert all(file.is_file() for file in files)
+    answer = client.delete(f"/api/images/{photo}")
+    assert types(answer) == ["faces.deleted", "persons.updated"]
+    deleted, updated = (change["data"] for change in answer.json()["changes"])
+    assert sorted(deleted["face_ids"]) == sorted(library.faces[3])
+    assert deleted["person_ids"] == [library.ada_too]  # left without faces, and unnamed
+    assert updated["changes"]["deleted"] == [library.ada_too]
+    assert not any(file.exists() for file in files)
+    assert rows(library, select(faces.c.id).where(faces.c.image_id == photo)) == []
+    assert library.photo_files[3].is_file()  # the uploader's file is the uploader's
+    refused(client.get(f"/api/images/{photo}"), 404, "unknown_image")
+    refused(client.get(f"/api/persons/{library.ada_too}"), 404, "unknown_person")
+    refused(client.delete(f"/api/images/{photo}"), 404, "unknown_image")  # a second time: gone
+    # Named persons stay, with the faces of their other photos.
+    assert types(client.delete(f"/api/images/{library.photos[0]}"))[0] == "faces.deleted"
+    assert client.get(f"/api/persons/{library.cy}").json()["face_count"] == 2
+    refused(client.delete(f"/api/images/{MISSING}"), 404, "unknown_image")
+    for path in ("/api/images/x", "/api/images/0", f"/api/images/{2**63}"):
+        assert client.delete(path).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"box": [10, 10, 12, 60]}, 422, "not a face's box"),  # narrower than 8 pixels
+        ({"box": [60, 60, 10, 10]}, 422, "not a face's box"),  # upside down
+        ({"box": [600, 400, 700, 500]}, 422, "not inside the photo"),
+        ({"box": [10, 10, 110, 130]}, 422, "has a face there already"),
+        ({"box": [200, 200, 260, 270], "person_id": MISSING}, 404, "no person with id"),
+        ({"box": [200, 200, 260, 270], "person_id": 0}, 422, None),
+        ({"box": [200, 200, 260, 270], "person_id": "bob"}, 422, None),
+        ({"box": [200, 200, 260]}, 422, None),
+        ({"box": ["a", 200, 260, 270]}, 422, None),
+        ({"box": [200, 200, 260, 270], "colour": "red"}, 422, None),
+        ({}, 422, None),
+    ],
+)
+def test_add_a_face_refuses_bad_input_before_loading_the_models(
+    client: TestClient, library: Library, body: dict[str, Any], status: int, says: str | None
+) -> None:
+    response = client.post(f"/api/images/{library.photos[0]}/faces", json=body)
+    if says is not None:
+        refused(response, status, says=says)
+    assert response.status_code == status, response.text
+    assert client.app.state.adapters._analyzer is None  # type: ignore[attr-defined]
+    assert len(client.get(f"/api/images/{library.photos[0]}").json()["faces"]) == 3
+
+
+def test_add_a_face_to_an_unknown_or_malformed_photo(client: TestClient) -> None:
+    box = {"box": [200, 200, 260, 270]}
+    refused(client.post(f"/api/images/{MISSING}/faces", json=box), 404, "unknown_image")
+    assert client.post("/api/images/x/faces", json=box).status_code == 422
+    assert client.post(f"/api/images/{2**63}/faces", json=box).status_code == 422
 
 
 def test_files_only_from_inside_the_stored_roots(
@@ -377,10 +475,13 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
         "/api/faces/unassigned",
         "/api/faces/{face_id}/thumbnail",
         "/api/suggestions/merges",
+        "/api/images",
         "/api/images/{image_id}",
+        "/api/images/{image_id}/faces",
         "/api/images/{image_id}/file",
     }
     assert set(paths["/api/persons/{person_id}"]) == {"get", "patch", "delete"}
+    assert set(paths["/api/images/{image_id}"]) == {"get", "delete"}
 
 
 def test_a_token_guards_every_request(library: Library) -> None:
@@ -392,6 +493,8 @@ def test_a_token_guards_every_request(library: Library) -> None:
         f"/api/images/{library.photos[0]}/file",
         "/api/faces/unassigned",
         "/api/suggestions/merges",
+        f"/api/images?with={library.ada}",
+        f"/api/images/{library.photos[0]}",
     ]
     with TestClient(create_app(settings)) as client:
         for url in urls:
@@ -401,6 +504,12 @@ def test_a_token_guards_every_request(library: Library) -> None:
         refused(client.patch(f"/api/persons/{library.bob}", json={"name": "Mallory"}), 401)
         refused(client.delete(f"/api/persons/{library.bob}"), 401)
         assert rows(library, select(persons.c.name).where(persons.c.id == library.bob)) == [("Bob",)]
+        refused(client.delete(f"/api/images/{library.photos[0]}"), 401)
+        refused(client.delete(f"/api/images/{library.photos[0]}", headers={"Authorization": "Bearer x"}), 401)
+        refused(
+            client.post(f"/api/images/{library.photos[0]}/faces", json={"box": [200, 200, 260, 270]}), 401
+        )
+        assert len(rows(library, select(faces.c.id).where(faces.c.image_id == library.photos[0]))) == 3
         # The pages send the browser to sign in; a wrong token signs nobody in; the right one does.
         page = client.get("/", follow_redirects=False)
         assert (page.status_code, page.headers["location"]) == (303, "/sign-in")
@@ -432,10 +541,12 @@ def test_edits_from_another_sites_page_are_refused(client: TestClient, library: 
     for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
         refused(client.post(url, headers=headers), 403, "cross_site")
         refused(client.delete(f"/api/persons/{library.bob}", headers=headers), 403, "cross_site")
+        refused(client.delete(f"/api/images/{library.photos[0]}", headers=headers), 403, "cross_site")
     assert rows(library, select(faces.c.person_id).where(faces.c.id == library.faces[0][0])) == [
         (library.ada,)
     ]
     assert rows(library, select(persons.c.id).where(persons.c.id == library.bob)) == [(library.bob,)]
+    assert len(rows(library, select(faces.c.id).where(faces.c.image_id == library.photos[0]))) == 3
     # The app's own pages (same origin), and clients that are no browser, may edit.
     same_site = {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
     assert types(client.patch(f"/api/persons/{library.bob}", json={"name": "Bobby"}, headers=same_site))
