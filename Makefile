@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DIR ?= ../shared/eval/groups
 
-.PHONY: setup system-packages scan serve test lint docker-e2e
+.PHONY: setup system-packages scan serve test lint screenshots docker-e2e
 
 $(BIN)/image-grouping: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: setup
 
 test: setup lint
 	$(BIN)/pytest
+
+# The README's screenshots of the web app, taken again into docs/ (a test run leaves them as they are).
+screenshots: setup
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest tests/web/test_browser.py -k screenshots
 
 # Build the image and test its container end to end (as root; see scripts/docker-e2e).
 docker-e2e: setup

@@ -4,7 +4,9 @@ moved to another person, a face is rejected ("not this person"), a face is split
 the merge suggestion that follows is accepted, and a person is forgotten after its confirmation step.
 The database is then checked, and again after a recluster, which must keep every edit.
 
-The screenshots of the persons grid and of a person page in docs/ (shown by the README) are taken here.
+The screenshots of the persons grid and of a person page are taken here: into the test's own folder, and
+into docs/ (shown by the README) only with UPDATE_SCREENSHOTS=1, so that a test run leaves the working tree
+as it was.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from image_grouping.web import create_app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = REPO_ROOT / "docs"
+README_SCREENSHOTS = REPO_ROOT / "docs"
 # The README's screenshots show the group photos, whose licences are stated (Apache-2.0, MIT, BSL-1.0;
 # see ../shared/eval/README.md), not LFW's news photos.
 SCREENSHOT_PHOTOS = "groups"
@@ -375,12 +377,18 @@ def test_signing_in_and_answering_is_this_x(page: Any, tmp_path: Path) -> None:
         assert server.faces_of(library.ada) == [ada_faces[1]]
 
 
+def screenshot_folder(tmp_path: Path) -> Path:
+    """docs/ when UPDATE_SCREENSHOTS=1 asks to refresh the README's screenshots, else the test's folder."""
+    return README_SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+
+
 def test_screenshots_for_the_readme(
-    eval_dir: Path, page: Any, tmp_path_factory: pytest.TempPathFactory
+    eval_dir: Path, page: Any, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     """The persons grid and a person's page after a scan of the group photos, one person named."""
     from playwright.sync_api import expect
 
+    folder = screenshot_folder(tmp_path)
     root = tmp_path_factory.mktemp("web-screenshots")
     with scanned(root, eval_dir / SCREENSHOT_PHOTOS) as server:
         counts = server.persons()
@@ -394,8 +402,8 @@ def test_screenshots_for_the_readme(
         faces = page.locator(".face img")
         expect(faces).to_have_count(counts[largest][1])
         assert faces.evaluate_all("images => images.every(img => img.complete && img.naturalWidth > 0)")
-        SCREENSHOTS.mkdir(exist_ok=True)
-        page.screenshot(path=SCREENSHOTS / "web-person.png")
+        folder.mkdir(exist_ok=True)
+        page.screenshot(path=folder / "web-person.png")
         page.goto(server.url + "/")
         page.wait_for_load_state("networkidle")
         cards = page.locator(".card[data-person-id]")
@@ -403,4 +411,8 @@ def test_screenshots_for_the_readme(
         assert page.locator(".card .name").first.inner_text() == "Sam Example"
         covers = page.locator(".card img")
         assert covers.evaluate_all("images => images.every(img => img.complete && img.naturalWidth > 0)")
-        page.screenshot(path=SCREENSHOTS / "web-persons.png")
+        page.screenshot(path=folder / "web-persons.png")
+    for name in ("web-person.png", "web-persons.png"):
+        written = (folder / name).read_bytes()
+        assert written.startswith(b"\x89PNG")
+        assert len(written) > 20_000, f"{name}: {len(written)} bytes, an empty page?"
