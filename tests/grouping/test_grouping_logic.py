@@ -298,3 +298,23 @@ def test_two_groups_each_the_others_nearest_by_their_means_become_one() -> None:
     assert (_merge_twin_groups(anchored, labels, PARAMS) == labels).all()
     off = GroupingParams(twin_similarity=1.01)
     assert (_merge_twin_groups(faces_of(embeddings), labels, off) == labels).all()
+
+
+def test_a_recluster_joins_one_persons_two_groups_that_no_pair_of_faces_could_join() -> None:
+    # One person's faces in two styles (say sharp and blurred): alike within a style, less across, so
+    # the average linkage keeps two groups; their means, free of the noise, are close.
+    rng = np.random.default_rng(10)
+    person, sharp, blurred = np.linalg.qr(rng.standard_normal((128, 3)))[0].T
+
+    def styled(style: np.ndarray) -> np.ndarray:
+        faces = np.sqrt(0.65) * person + np.sqrt(0.35) * style + rng.standard_normal((12, 128)) * 0.097
+        return faces / np.linalg.norm(faces, axis=1, keepdims=True)
+
+    embeddings = np.vstack([styled(sharp), styled(blurred)]).astype(np.float32)
+    apart = group_faces(faces_of(embeddings), GroupingParams(twin_similarity=1.01)).labels
+    assert (apart[:12] == apart[0]).all()
+    assert (apart[12:] == apart[12]).all()
+    assert apart[0] != apart[12]
+    labels = group_faces(faces_of(embeddings), PARAMS).labels
+    assert labels[0] >= 0
+    assert (labels == labels[0]).all()
