@@ -140,7 +140,11 @@ def attach_by_votes(
 
 
 def attach_by_centroids(
-    faces: GroupingInput, labels: np.ndarray, candidates: np.ndarray, params: GroupingParams
+    faces: GroupingInput,
+    labels: np.ndarray,
+    candidates: np.ndarray,
+    params: GroupingParams,
+    among: np.ndarray | None = None,
 ) -> np.ndarray:
     """Labels where each candidate face left over by the votes joined the group whose mean it is clearly
     nearest: `centroid_similarity` to the group's normalised mean and `centroid_margin` more than to any
@@ -149,12 +153,13 @@ def attach_by_centroids(
     A poor face (blurred, dark, compressed) sits too far from each single face of its person to gather
     `min_votes` votes, yet the mean of several faces averages their noise away and stays nearer to it
     than any other person's mean. It only joins: it founds nothing and links no two groups. Every decision
-    is taken against the groups as they were.
+    is taken against the groups as they were. `among`: only these groups are weighed (say, those of the
+    candidates' nearest faces), so that a few new faces do not cost a mean of every person.
     """
     labels = labels.copy()
     if len(candidates) == 0 or params.centroid_similarity > 1:
         return labels
-    grouped = np.flatnonzero(labels >= 0)
+    grouped = np.flatnonzero(labels >= 0 if among is None else np.isin(labels, among) & (labels >= 0))
     ids, inverse, sizes = np.unique(labels[grouped], return_inverse=True, return_counts=True)
     if len(ids) == 0:
         return labels
@@ -162,20 +167,12 @@ def attach_by_centroids(
     _add_in_chunks(sums, inverse, faces.embeddings, grouped)
     means = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
     means[sizes < params.min_faces] = 0.0  # too few faces for a mean to mean anything
-    group_images: defaultdict[int, set[int]] = defaultdict(set)
-    group_anchor: dict[int, int] = {}
-    for row, image, anchor in zip(
-        inverse.tolist(), faces.image_ids[grouped].tolist(), faces.anchors[grouped].tolist(), strict=True
-    ):
-        group_images[row].add(image)
-        if anchor >= 0:
-            group_anchor[row] = anchor
-    for start in range(0, len(candidates), 4096):
-        part = candidates[start : start + 4096]
+    proposals: list[tuple[int, int]] = []  # face, row of its group in `ids`
+    for start in range(0, len(candidates), 512):  # 512 x 100,000 persons: 200 MB of similarities
+        part = candidates[start : start + 512]
         similarity = faces.embeddings[part] @ means.T
         if len(ids) > 1:
-            top_two = np.partition(similarity, len(ids) - 2, axis=1)[:, -2:]
-            second = top_two.min(axis=1)
+            second = np.partition(similarity, len(ids) - 2, axis=1)[:, -2]
         else:
             second = np.full(len(part), -1.0, np.float32)
         best = similarity.argmax(axis=1)
@@ -183,17 +180,33 @@ def attach_by_centroids(
         clear = (best_similarity >= params.centroid_similarity) & (
             best_similarity - second >= params.centroid_margin
         )
-        for face, row in zip(part[clear].tolist(), best[clear].tolist(), strict=True):
-            image, own_anchor = int(faces.image_ids[face]), int(faces.anchors[face])
-            anchor = group_anchor.get(row, -1)
-            if (
-                image in group_images[row]
-                or (own_anchor >= 0 and anchor not in (-1, own_anchor))
-                or (anchor >= 0 and anchor in faces.forbidden.get(face, ()))
-            ):
-                continue
-            group_images[row].add(image)
-            labels[face] = ids[row]
+        proposals += zip(part[clear].tolist(), best[clear].tolist(), strict=True)
+    if not proposals:
+        return labels
+    # Photos and anchors of the proposed groups only: a million grouped faces are not walked one by one.
+    members = np.isin(inverse, [row for _, row in proposals])
+    group_images: defaultdict[int, set[int]] = defaultdict(set)
+    group_anchor: dict[int, int] = {}
+    for row, image, anchor in zip(
+        inverse[members].tolist(),
+        faces.image_ids[grouped[members]].tolist(),
+        faces.anchors[grouped[members]].tolist(),
+        strict=True,
+    ):
+        group_images[row].add(image)
+        if anchor >= 0:
+            group_anchor[row] = anchor
+    for face, row in proposals:
+        image, own_anchor = int(faces.image_ids[face]), int(faces.anchors[face])
+        anchor = group_anchor.get(row, -1)
+        if (
+            image in group_images[row]
+            or (own_anchor >= 0 and anchor not in (-1, own_anchor))
+            or (anchor >= 0 and anchor in faces.forbidden.get(face, ()))
+        ):
+            continue
+        group_images[row].add(image)
+        labels[face] = ids[row]
     return labels
 
 
@@ -224,12 +237,13 @@ def _merge_twin_groups(faces: GroupingInput, labels: np.ndarray, params: Groupin
     images: defaultdict[int, set[int]] = defaultdict(set)
     anchors: defaultdict[int, set[int]] = defaultdict(set)
     refused: defaultdict[int, set[int]] = defaultdict(set)
-    for row, face in zip(inverse.tolist(), grouped.tolist(), strict=True):
+    members = np.isin(inverse, np.concatenate([twins, partner[twins]]))
+    for row, face in zip(inverse[members].tolist(), grouped[members].tolist(), strict=True):
         images[row].add(int(faces.image_ids[face]))
         if faces.anchors[face] >= 0:
             anchors[row].add(int(faces.anchors[face]))
         refused[row].update(faces.forbidden.get(face, ()))
-    labels = labels.copy()
+    merged_into = np.arange(len(ids))
     for first, second in zip(twins.tolist(), partner[twins].tolist(), strict=True):
         if (
             images[first] & images[second]
@@ -238,7 +252,9 @@ def _merge_twin_groups(faces: GroupingInput, labels: np.ndarray, params: Groupin
             or anchors[second] & refused[first]
         ):
             continue
-        labels[labels == ids[second]] = ids[first]
+        merged_into[second] = first
+    labels = labels.copy()
+    labels[grouped] = ids[merged_into[inverse]]
     return labels
 
 

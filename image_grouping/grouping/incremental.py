@@ -43,7 +43,9 @@ def assign_incrementally(
     anchored = replace(faces, anchors=np.where(person_ids >= 0, person_ids, faces.anchors))
     near = _neighbours_among(faces.embeddings, new_faces, assigned, params.neighbours)
     labels = attach_by_votes(anchored, person_ids, new_faces, near, params)
-    labels = attach_by_centroids(anchored, labels, new_faces[labels[new_faces] < 0], params)
+    # The persons of the new faces' nearest faces are weighed, not every person of the library.
+    nearby = np.unique(person_ids[near.indices[near.indices >= 0]])
+    labels = attach_by_centroids(anchored, labels, new_faces[labels[new_faces] < 0], params, nearby)
     joined = {int(face): int(labels[face]) for face in new_faces if labels[face] >= 0}
 
     waiting = new_faces[labels[new_faces] < 0]
