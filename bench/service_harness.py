@@ -23,6 +23,8 @@ import psycopg2
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from sqlalchemy import make_url
 
+from image_grouping.config import Settings, load_settings
+from image_grouping.consumer.topology import declared_names
 from image_grouping.models.messages import ImageUploaded, new_event
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +81,22 @@ class Harness:
             "LIVENESS_INTERVAL_SECONDS": "1",
         }
         self.observer_queue = f"bench-{self.run}.observer"
+
+    def broker_settings(self) -> Settings:
+        """The workers' settings of the broker's names (to remove what they declared)."""
+        names = (
+            "EXCHANGE_NAME",
+            "UPLOAD_QUEUE",
+            "RECLUSTER_QUEUE",
+            "DEAD_LETTER_EXCHANGE",
+            "DEAD_LETTER_QUEUE",
+        )
+        values = {
+            name.lower(): self.environment[name]
+            for name in (*names, "GROUPING_SHARDS")
+            if name in self.environment
+        }
+        return load_settings(**values)
 
     @property
     def async_database_url(self) -> str:
@@ -228,14 +246,14 @@ class Bus:
             await channel.close()
 
     async def delete_topology(self) -> None:
-        environment = self.harness.environment
         await self.channel.close()  # stop observing before the observer queue goes
         channel = await self.connection.channel()
-        for queue in ("UPLOAD_QUEUE", "RECLUSTER_QUEUE", "DEAD_LETTER_QUEUE"):
-            await channel.queue_delete(environment[queue])
+        queues, exchanges = declared_names(self.harness.broker_settings())
+        for queue in queues:
+            await channel.queue_delete(queue)
         await channel.queue_delete(self.harness.observer_queue)
-        for exchange in ("EXCHANGE_NAME", "DEAD_LETTER_EXCHANGE"):
-            await channel.exchange_delete(environment[exchange])
+        for exchange in exchanges:
+            await channel.exchange_delete(exchange)
         await channel.close()
         await self.connection.close()
 

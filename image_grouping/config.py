@@ -141,7 +141,17 @@ class Settings(BaseSettings):
     )
     exchange_name: str = Field(default="image-grouping", description="Durable topic exchange.")
     upload_queue: str = Field(default="image-grouping.image-uploaded", description="image.uploaded queue.")
-    recluster_queue: str = Field(default="image-grouping.recluster", description="Recluster queue.")
+    recluster_queue: str = Field(
+        default="image-grouping.recluster",
+        description="Grouping queue (shard 0); shard i is RECLUSTER_QUEUE.i.",
+    )
+    grouping_shards: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Grouping queues libraries are hashed onto; that many replicas group at once. "
+        "The same on every replica.",
+    )
     dead_letter_exchange: str = Field(default="image-grouping.dlx", description="Dead-letter exchange.")
     dead_letter_queue: str = Field(default="image-grouping.dead-letter", description="Dead-letter queue.")
     prefetch_count: int = Field(default=32, ge=1, description="Unacknowledged messages per consumer.")

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
 import aio_pika
 import structlog
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.exceptions import AMQPError
 
 from image_grouping.bootstrap import Adapters, bootstrap, log_model_licence
@@ -23,6 +24,7 @@ from image_grouping.config import Settings
 from image_grouping.consumer.liveness import keep_alive
 from image_grouping.consumer.publisher import BrokerPublisher, DryRunPublisher, Publisher
 from image_grouping.consumer.routes import detection_route, recognition_route
+from image_grouping.consumer.shards import ShardBalance
 from image_grouping.consumer.topology import declare_topology
 from image_grouping.consumer.worker import (
     Acknowledger,
@@ -100,8 +102,17 @@ async def run_loop(adapters: Adapters, stop: asyncio.Event) -> int:
             await recognition_channel.set_qos(
                 prefetch_count=max(settings.prefetch_count, settings.grouping_batch_size)
             )
-            recluster_queue = await recognition_channel.get_queue(topology.recluster_queue.name)
-            routes.append(recognition_route(recluster_queue, adapters))
+            shards = [await recognition_channel.get_queue(queue.name) for queue in topology.shard_queues]
+            balance = ShardBalance(
+                [queue.name for queue in shards],
+                partial(_count_consumers, recognition_channel, topology.replicas_queue.name),
+            )
+            routes.extend(recognition_route(queue, adapters, balance) for queue in shards)
+            for queue in topology.retired_queues:  # until empty; they take no new message
+                routes.append(recognition_route(await recognition_channel.get_queue(queue.name), adapters))
+            # Counted by the others (the shards' share of each); nothing is ever sent to it.
+            replicas = await recognition_channel.get_queue(topology.replicas_queue.name)
+            await replicas.consume(_discard)
         worker = Worker(routes, publisher, acknowledger, adapters.probe_database)
         background = [
             asyncio.create_task(
@@ -187,6 +198,17 @@ async def _request_reclusters(publisher: Publisher, settings: Settings) -> None:
             new_event(ReclusterRequested(model_pack=settings.model_pack, reason=PERIODIC))
         )
         log.info("recluster requested", interval_seconds=settings.interval_seconds)
+
+
+async def _count_consumers(channel: AbstractChannel, queue: str) -> int:
+    # The broker's own answer: aio-pika's robust channel would answer a passive declaration from its cache.
+    underlay = await channel.get_underlay_channel()
+    declared = await underlay.queue_declare(queue, passive=True)
+    return int(declared.consumer_count or 0)
+
+
+async def _discard(message: AbstractIncomingMessage) -> None:
+    await message.ack()
 
 
 async def _connect(settings: Settings) -> AbstractRobustConnection:

@@ -11,6 +11,7 @@ import structlog
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 
+from image_grouping.consumer.topology import LIBRARY_HEADER
 from image_grouping.errors import BadInputError
 from image_grouping.models.messages import Envelope
 from image_grouping.retry import backoff
@@ -44,8 +45,11 @@ class BrokerPublisher:
         self._dead_letter_exchange = dead_letter_exchange
 
     async def publish(self, event: Envelope) -> None:
+        # The grouping shards are chosen by the library: the consistent-hash exchange hashes this header.
+        library = getattr(event.data, "library_id", None)
         message = aio_pika.Message(
             body=event.to_json(),
+            headers={LIBRARY_HEADER: library} if library is not None else None,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=event.id,

@@ -8,6 +8,7 @@ from functools import partial
 from aio_pika.abc import AbstractQueue
 
 from image_grouping.bootstrap import Adapters
+from image_grouping.consumer.shards import ShardBalance
 from image_grouping.consumer.worker import Handling, Route
 from image_grouping.handlers import people
 from image_grouping.handlers.add_face import handle_add_face
@@ -32,6 +33,7 @@ from image_grouping.observability import DETECTION, FACES_FOUND, RECOGNITION
 
 # Under load the prefetched messages fill a batch at once; a message alone waits no longer than this.
 DETECTION_BATCH_WAIT_SECONDS = 0.005
+GROUPING_SLOTS = "grouping"  # the slot the grouping shards share in a process
 
 
 def detection_route(queue: AbstractQueue, adapters: Adapters) -> Route:
@@ -62,10 +64,12 @@ def detection_route(queue: AbstractQueue, adapters: Adapters) -> Route:
     )
 
 
-def recognition_route(queue: AbstractQueue, adapters: Adapters) -> Route:
-    # One batch, recluster or edit at a time: two groupings side by side could each found a person for
-    # the same face. Batches because each assignment loads every face of the pack; the people's commands
-    # one by one (each its own transaction).
+def recognition_route(queue: AbstractQueue, adapters: Adapters, balance: ShardBalance | None = None) -> Route:
+    # A grouping shard: its libraries' batches, reclusters and edits one at a time (two groupings of one
+    # library side by side could each found a person for the same face), and one at a time in the process
+    # whichever shard they come from (a process groups with one core, and holds one library's faces at a
+    # time). Batches because each assignment reads the library; the people's commands one by one (each
+    # its own transaction).
     deps = adapters.grouping_deps()
     people_deps = adapters.people_deps()
     settings = adapters.settings
@@ -94,4 +98,6 @@ def recognition_route(queue: AbstractQueue, adapters: Adapters) -> Route:
             # The analyzer is loaded by the first face added by hand, not when the service starts.
             AddFace: Handling(partial(handle_add_face, deps=adapters.add_face_deps())),
         },
+        slot_key=GROUPING_SLOTS,
+        balance=balance,
     )

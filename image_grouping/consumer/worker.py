@@ -17,6 +17,10 @@
   back to the broker.
 - What "acknowledge" means is the `Acknowledger`'s: the broker's ack, or (--dry-run) holding the message,
   so that it goes back to the queue when the worker stops.
+- Routes may share their in-flight slots (`slot_key`: the grouping shards, one grouping at a time per
+  process whichever shard it comes from), and a group of single-active-consumer queues may be spread over
+  the replicas (`balance`, see shards.py): after a batch, a replica active on more than its share of them
+  hands the queue over to a waiting replica and gives back what it still held of it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, ConsumerTag
 from aio_pika.exceptions import MessageProcessError
 
 from image_grouping.consumer.publisher import TRANSIENT_BROKER_ERRORS, Publisher
+from image_grouping.consumer.shards import ShardBalance
 from image_grouping.errors import BadInputError
 from image_grouping.handlers.ports import Outcome
 from image_grouping.models.messages import Envelope, EventData, new_event, parse_event
@@ -75,6 +80,12 @@ class Route:
     service: str
     handlings: Mapping[type[EventData], Handling]
     max_in_flight: int = 1
+    slot_key: str | None = None  # routes with one key share their slots (and max_in_flight); None: own
+    balance: ShardBalance | None = None  # the group of queues this one is spread over the replicas with
+
+    @property
+    def slots(self) -> str:
+        return self.slot_key or self.queue.name
 
 
 class Acknowledger(Protocol):
@@ -124,9 +135,14 @@ class Worker:
         self._publisher = publisher
         self._acknowledger = acknowledger
         self._probe = probe
-        self._slots = {route.queue.name: asyncio.Semaphore(route.max_in_flight) for route in routes}
+        self._slots = {route.slots: asyncio.Semaphore(route.max_in_flight) for route in routes}
         self._consumer_tags: dict[str, ConsumerTag] = {}
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # Balanced queues: those a message arrived from since this replica subscribed (it is their active
+        # consumer), the subscriptions it handed over, and the batches of each queue not started yet.
+        self._active: set[str] = set()
+        self._handed_over: set[ConsumerTag] = set()
+        self._waiting: dict[str, set[asyncio.Task[Any]]] = {}
         self._open_batches: dict[str, _OpenBatch] = {}
         self._healthy = asyncio.Event()
         self._healthy.set()
@@ -171,7 +187,13 @@ class Worker:
         assert task is not None
         self._in_flight.add(task)
         batch: _OpenBatch | None = None  # the messages this task settles, once it leads a batch
+        name = route.queue.name
         try:
+            if message.consumer_tag in self._handed_over:  # sent before the hand-over took effect
+                await _give_back([message])
+                return
+            if message.consumer_tag == self._consumer_tags.get(name):
+                self._active.add(name)
             with structlog.contextvars.bound_contextvars(
                 service=route.service, message_id=message.message_id, redelivered=message.redelivered
             ):
@@ -186,13 +208,17 @@ class Worker:
                 if batch is None:  # an open batch took it: that batch's leader settles it
                     return
                 # Slots are granted in arrival order, so messages are handled in the order they came.
-                async with self._slots[route.queue.name]:
+                self._waiting.setdefault(name, set()).add(task)
+                async with self._slots[route.slots]:
                     if not batch.closed:
                         await self._gather(route, batch)
+                    self._waiting[name].discard(task)
                     if self._stopping:  # prefetched, never started: give them back untouched
                         await _give_back([each.message for each in batch.deliveries])
                         return
                     await self._process(route, batch.handling, batch.deliveries)
+                    if route.balance is not None:
+                        await self._balance(route, route.balance)
         except asyncio.CancelledError:
             if batch is None:
                 await _give_back([message])
@@ -202,6 +228,36 @@ class Worker:
             raise
         finally:
             self._in_flight.discard(task)
+            self._waiting.get(name, set()).discard(task)
+
+    async def _balance(self, route: Route, balance: ShardBalance) -> None:
+        """Hand the queue over to a waiting replica when this one is the active consumer of more queues of
+        the group than its share: cancel the subscription (the broker makes the next subscriber active),
+        give back the batches of the queue not started yet, and subscribe again, last in line."""
+        name = route.queue.name
+        if self._stopping or self.paused or name not in self._active:
+            return
+        active = len(balance.queues & self._active)
+        try:
+            share = await balance.share()
+        except TRANSIENT_BROKER_ERRORS as error:
+            log.warning("cannot count the replicas: keeping the queue", queue=name, error=repr(error))
+            return
+        tag = self._consumer_tags.get(name)
+        if active <= share or tag is None:
+            return
+        self._handed_over.add(tag)
+        self._active.discard(name)
+        del self._consumer_tags[name]
+        for waiting in self._waiting.pop(name, set()):
+            waiting.cancel()  # its messages go back to the queue, for the replica that takes it over
+        try:
+            await route.queue.cancel(tag)
+            self._consumer_tags[name] = await route.queue.consume(partial(self._on_message, route))
+        except TRANSIENT_BROKER_ERRORS as error:  # the robust connection subscribes again when back
+            log.warning("could not hand the queue over", queue=name, error=repr(error))
+            return
+        log.info("queue handed over to another replica", queue=name, active=active, share=share)
 
     def _join_batch(self, route: Route, delivery: _Delivery) -> _OpenBatch | None:
         """The batch this message's task leads, or None when it joined one that another task leads."""
@@ -375,6 +431,7 @@ class Worker:
 
     async def _stop_consuming(self) -> None:
         for route in self._routes:
+            self._active.discard(route.queue.name)
             tag = self._consumer_tags.pop(route.queue.name, None)
             if tag is None:
                 continue

@@ -99,6 +99,11 @@ def test_compose_services_start_in_order_of_health() -> None:
     services = compose()["services"]
     assert set(services) == {"rabbitmq", "mssql", "mssql-init", "migrate", "worker"}
     assert "management" in services["rabbitmq"]["image"]
+    # Grouping's shards need the consistent-hash exchange: the broker starts with its plugin enabled.
+    plugins_file = next(
+        volume.split(":")[0] for volume in services["rabbitmq"]["volumes"] if "enabled_plugins" in volume
+    )
+    assert "rabbitmq_consistent_hash_exchange" in (REPO_ROOT / plugins_file).read_text()
     assert services["mssql"]["image"].startswith("mcr.microsoft.com/mssql/server:")
 
     one_shot = {name for name, service in services.items() if service.get("restart") == "no"}

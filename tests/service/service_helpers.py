@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from image_grouping.bootstrap import Adapters, bootstrap
 from image_grouping.config import Settings, load_settings
 from image_grouping.consumer.app import run_loop
+from image_grouping.consumer.topology import declared_names
 from image_grouping.models.messages import EventData, ImageUploaded, new_event
 
 DB_PREFIX = "//fileserver/photos"
@@ -59,9 +60,10 @@ def add_photo(settings: Settings, source: Path, folder: str) -> str:
 
 async def delete_topology(connection: AbstractRobustConnection, settings: Settings) -> None:
     channel = await connection.channel()
-    for queue in (settings.upload_queue, settings.recluster_queue, settings.dead_letter_queue):
+    queues, exchanges = declared_names(settings)
+    for queue in queues:
         await channel.queue_delete(queue)
-    for exchange in (settings.exchange_name, settings.dead_letter_exchange):
+    for exchange in exchanges:
         await channel.exchange_delete(exchange)
     await channel.close()
 

@@ -22,7 +22,7 @@ from image_grouping.bootstrap import bootstrap
 from image_grouping.consumer import routes
 from image_grouping.consumer.publisher import DETAIL_HEADER, REASON_HEADER, BrokerPublisher
 from image_grouping.consumer.routes import detection_route
-from image_grouping.consumer.topology import declare_topology
+from image_grouping.consumer.topology import declare_topology, shard_queue_name
 from image_grouping.consumer.worker import BrokerAcknowledger, Worker
 from image_grouping.handlers.detection import handle_images_uploaded
 from image_grouping.models.messages import ImageUploaded, new_event
@@ -198,8 +198,10 @@ async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_bat
         check = await connection.channel()
         pending = await check.declare_queue(settings.upload_queue, passive=True)
         assert pending.declaration_result.message_count == 0
-        detected = await check.declare_queue(settings.recluster_queue, passive=True)
-        assert detected.declaration_result.message_count == 5  # one faces.detected per good upload
+        shards = [shard_queue_name(settings, shard) for shard in range(settings.grouping_shards)]
+        detected = [await check.declare_queue(name, passive=True) for name in shards]
+        # One faces.detected per good upload, on the shard of its library.
+        assert sum(queue.declaration_result.message_count for queue in detected) == 5
         dead = await check.get_queue(settings.dead_letter_queue)
         letter = await dead.get(timeout=5)
         assert letter.headers[REASON_HEADER] == "image_not_found"
