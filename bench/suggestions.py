@@ -52,7 +52,7 @@ from image_grouping.handlers.queries import (
 )
 from image_grouping.handlers.recognition import GroupingDeps, handle_recluster_requested
 from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
-from image_grouping.models.messages import ReclusterRequested
+from image_grouping.models.messages import DEFAULT_LIBRARY, ReclusterRequested
 from image_grouping.models.records import ImageResult
 from image_grouping.storage import SqlUnitOfWork, ensure_schema
 from image_grouping.storage.database import async_url, engine_for_url
@@ -311,8 +311,8 @@ async def speed(name: str, url: str, face_count: int, person_count: int) -> None
     try:
         await ensure_schema(engine)
 
-        def unit_of_work() -> SqlUnitOfWork:
-            return SqlUnitOfWork(engine)
+        def unit_of_work(library_id: str = DEFAULT_LIBRARY) -> SqlUnitOfWork:
+            return SqlUnitOfWork(engine, library_id)
 
         pack = "bench_pack"
         started = time.perf_counter()

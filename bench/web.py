@@ -33,11 +33,14 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
+
+from image_grouping.models.messages import DEFAULT_LIBRARY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suggestions import synthetic_library
@@ -84,7 +87,7 @@ async def build(url: str, storage: Path, faces: int, persons: int) -> int:
     engine = engine_for_url(async_url(url))
     try:
         await ensure_schema(engine)
-        big = await synthetic_library(lambda: SqlUnitOfWork(engine), "buffalo_sc", faces, persons)
+        big = await synthetic_library(partial(SqlUnitOfWork, engine), "buffalo_sc", faces, persons)
     finally:
         await engine.dispose()
     folder = storage / "thumbnails"
@@ -100,8 +103,8 @@ async def query_floor(url: str, big: int) -> tuple[float, float]:
     """The queries behind the two pages, best of three, in seconds."""
     engine = engine_for_url(async_url(url))
 
-    def unit_of_work() -> SqlUnitOfWork:
-        return SqlUnitOfWork(engine)
+    def unit_of_work(library_id: str = DEFAULT_LIBRARY) -> SqlUnitOfWork:
+        return SqlUnitOfWork(engine, library_id)
 
     async def best(run: object) -> float:
         times = []

@@ -31,6 +31,7 @@ from image_grouping.handlers.people import PeopleDeps
 from image_grouping.handlers.ports import Analyzer, UnitOfWork, UnitOfWorkFactory
 from image_grouping.handlers.queries import SuggestionParams
 from image_grouping.handlers.recognition import GroupingDeps
+from image_grouping.models.messages import DEFAULT_LIBRARY
 from image_grouping.packs import pack_info
 from image_grouping.retry import backoff
 from image_grouping.storage import (
@@ -128,8 +129,8 @@ class Adapters:
     def unit_of_work(self) -> UnitOfWorkFactory:
         engine, kind = self.engine, DryRunUnitOfWork if self.dry_run else SqlUnitOfWork
 
-        def unit_of_work() -> UnitOfWork:
-            return kind(engine)
+        def unit_of_work(library_id: str = DEFAULT_LIBRARY) -> UnitOfWork:
+            return kind(engine, library_id)
 
         return unit_of_work
 

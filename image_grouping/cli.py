@@ -21,6 +21,8 @@ import typer
 from image_grouping.cli_people import faces_app, images_app, persons_app
 from image_grouping.config import Settings, SettingsError, load_settings
 from image_grouping.errors import DatabaseUnreachableError
+from image_grouping.handlers.ports import in_library
+from image_grouping.models.messages import DEFAULT_LIBRARY, LIBRARY_ID_MAX_LENGTH
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -40,6 +42,9 @@ app.add_typer(faces_app, name="faces")
 app.add_typer(images_app, name="images")
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Compute everything, write and publish nothing.")]
+LibraryName = Annotated[
+    str, typer.Option("--library", help="The library (owner) to work in; default: the default library.")
+]
 DatabaseUrl = Annotated[
     str | None,
     typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL, SQL_CONNECTION_STRING or local SQLite."),
@@ -137,10 +142,12 @@ def consume(
 def scan(
     folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder of photos.")],
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML gallery.")] = True,
     dry_run: DryRun = False,
 ) -> None:
-    """Analyse every photo of a folder into the local database, group the faces and write a gallery."""
+    """Analyse every photo of a folder into a library of the local database, group the library's faces and
+    write its gallery."""
     settings = _settings(database_url=db, dry_run=dry_run or None)
     from image_grouping.bootstrap import bootstrap
     from image_grouping.local_scan import find_images, scan_files
@@ -161,40 +168,64 @@ def scan(
                     progress.refresh()
 
                 deps = adapters.detection_deps(skip_known_content=True)
-                summary = await scan_files(files, deps, settings.detection_batch_size, on_batch)
+                summary = await scan_files(
+                    files, deps, settings.detection_batch_size, on_batch, library_id=library
+                )
             typer.echo(str(summary))
-            typer.echo(await _recluster(adapters, reason="scan"))
+            typer.echo(await _recluster(adapters, reason="scan", library=library))
             if settings.dry_run:
                 typer.echo("dry run: nothing written")
             elif report:
-                typer.echo(str(await write_gallery(adapters.unit_of_work, settings.system_storage)))
+                typer.echo(
+                    str(
+                        await write_gallery(
+                            in_library(adapters.unit_of_work, library),
+                            settings.system_storage,
+                            _gallery_folder(settings.system_storage, library),
+                        )
+                    )
+                )
 
     asyncio.run(run())
 
 
 @app.command()
-def recluster(db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
-    """Regroup all faces of the current model pack into persons, keeping manual edits."""
+def recluster(
+    db: DatabaseUrl = None, library: LibraryName = DEFAULT_LIBRARY, dry_run: DryRun = False
+) -> None:
+    """Regroup all faces of the library and the current model pack into persons, keeping manual edits."""
     settings = _settings(database_url=db, dry_run=dry_run or None)
     from image_grouping.bootstrap import bootstrap
 
     async def run() -> str:
         async with bootstrap(settings) as adapters:
-            return await _recluster(adapters, reason="manual")
+            return await _recluster(adapters, reason="manual", library=library)
 
     typer.echo(asyncio.run(run()))
 
 
-async def _recluster(adapters: Adapters, *, reason: str) -> str:
-    """One recluster of the current pack through its handler; a summary line."""
+async def _recluster(adapters: Adapters, *, reason: str, library: str | None) -> str:
+    """One recluster of the current pack in the library (None: in every library, one after the other)
+    through its handler; a summary line each."""
     from image_grouping.handlers.recognition import handle_recluster_requested
     from image_grouping.models.messages import PersonsUpdated, ReclusterRequested
     from image_grouping.models.persons import PersonChanges
 
-    request = ReclusterRequested(model_pack=adapters.settings.model_pack, reason=reason)
-    (outcome,) = await handle_recluster_requested([request], adapters.grouping_deps())
+    if library is None:
+        async with adapters.unit_of_work() as uow:
+            libraries = await uow.images.libraries()
+    else:
+        libraries = [library]
+    requests = [
+        ReclusterRequested(library_id=each, model_pack=adapters.settings.model_pack, reason=reason)
+        for each in libraries
+    ]
+    outcomes = await handle_recluster_requested(requests, adapters.grouping_deps())
     lines = [
         PersonChanges.from_event_data(event.changes).summary()
+        + (f" in library {event.library_id}" if len(libraries) > 1 else "")
+        for outcome in outcomes
+        if isinstance(outcome, list)
         for event in outcome
         if isinstance(event, PersonsUpdated)
     ]
@@ -242,7 +273,7 @@ def repack(
             dry = " (dry run, nothing written)" if settings.dry_run else ""
             typer.echo(f"{summary}{dry}")
             if summary.repacked:
-                typer.echo(await _recluster(adapters, reason="repack"))
+                typer.echo(await _recluster(adapters, reason="repack", library=None))
 
     asyncio.run(run())
 
@@ -274,15 +305,20 @@ def migrate(
 def report(
     out: Annotated[Path | None, typer.Option(help="Folder to write the gallery into.")] = None,
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
 ) -> None:
-    """Write a static HTML gallery of the persons and print its path."""
+    """Write a static HTML gallery of the library's persons and print its path."""
     settings = _settings(database_url=db)
     from image_grouping.bootstrap import bootstrap
     from image_grouping.report.gallery import write_gallery
 
     async def run() -> Path:
         async with bootstrap(settings) as adapters:
-            return await write_gallery(adapters.unit_of_work, settings.system_storage, out)
+            return await write_gallery(
+                in_library(adapters.unit_of_work, library),
+                settings.system_storage,
+                out or _gallery_folder(settings.system_storage, library),
+            )
 
     typer.echo(str(asyncio.run(run())))
 
@@ -293,10 +329,10 @@ def serve(
     library: Annotated[
         str,
         typer.Option(
-            help="The library to serve. Only the default library exists for now (libraries are a later "
-            "issue): any name serves it."
+            "--library",
+            help="The library a request that names none (?library=) is of: the pages serve this one.",
         ),
-    ] = "default",
+    ] = DEFAULT_LIBRARY,
     host: Annotated[
         str, typer.Option(help="Address to listen on; beyond 127.0.0.1 it needs API_TOKEN.")
     ] = "127.0.0.1",
@@ -313,8 +349,9 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
-    if library != "default":
-        typer.echo(f"--library {library}: libraries are not there yet; serving the default library", err=True)
+    if not library.strip() or len(library) > LIBRARY_ID_MAX_LENGTH:
+        typer.echo(f"--library: not a library id: {library!r}", err=True)
+        raise typer.Exit(2)
     import uvicorn
 
     from image_grouping.bootstrap import bootstrap
@@ -328,7 +365,13 @@ def serve(
 
     shown = f"[{host}]" if ":" in host else host
     typer.echo(f"People web app: http://{shown}:{port}/  (API: http://{shown}:{port}/docs; Ctrl-C stops it)")
-    uvicorn.run(create_app(settings, host=host), host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings, host=host, library=library),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 def _progress(total: int, description: str) -> tqdm:
@@ -403,3 +446,13 @@ def eval_grouping(
 
 if __name__ == "__main__":
     main()
+
+
+def _gallery_folder(storage: Path, library: str) -> Path | None:
+    """Where a library's gallery goes by default: SYSTEM_STORAGE/report for the default library (as
+    before libraries), report-<sha256 of the name, 16 hex> for another (any name makes a folder name)."""
+    if library == DEFAULT_LIBRARY:
+        return None
+    import hashlib
+
+    return storage / f"report-{hashlib.sha256(library.encode()).hexdigest()[:16]}"

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from image_grouping.handlers.ports import in_library
+from image_grouping.models.messages import DEFAULT_LIBRARY
+
 if TYPE_CHECKING:
     from image_grouping.bootstrap import Adapters
     from image_grouping.handlers.people import PeopleDeps
@@ -35,6 +38,10 @@ T = TypeVar("T")
 DatabaseUrl = Annotated[
     str | None,
     typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL, SQL_CONNECTION_STRING or local SQLite."),
+]
+LibraryName = Annotated[
+    str,
+    typer.Option("--library", help="The library (owner) to work in; ids of another library are refused."),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 Offset = Annotated[int, typer.Option(min=0, help="Skip this many first.")]
@@ -144,6 +151,7 @@ def _name(name: str | None) -> str:
 @persons_app.command("list")
 def persons_list(
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: ReadOnly = False,
     hidden: Annotated[bool, typer.Option("--hidden/--no-hidden", help="Include hidden persons.")] = True,
     offset: Offset = 0,
@@ -156,7 +164,7 @@ def persons_list(
     persons = run_people_command(
         db,
         lambda adapters: list_persons(
-            adapters.unit_of_work, include_hidden=hidden, offset=offset, limit=limit
+            in_library(adapters.unit_of_work, library), include_hidden=hidden, offset=offset, limit=limit
         ),
         dry_run=dry_run,
     )
@@ -174,6 +182,7 @@ def persons_list(
 def persons_show(
     person_id: Annotated[int, typer.Argument(help="The person's id.")],
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: ReadOnly = False,
     offset: Offset = 0,
     limit: Limit = None,
@@ -184,7 +193,9 @@ def persons_show(
 
     person = run_people_command(
         db,
-        lambda adapters: show_person(adapters.unit_of_work, person_id, offset=offset, limit=limit),
+        lambda adapters: show_person(
+            in_library(adapters.unit_of_work, library), person_id, offset=offset, limit=limit
+        ),
         dry_run=dry_run,
     )
     if json_output:
@@ -201,6 +212,7 @@ def persons_show(
 @persons_app.command("suggest-merges")
 def persons_suggest_merges(
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: ReadOnly = False,
     limit: Annotated[int, typer.Option(min=1, help="At most this many pairs.")] = 100,
     json_output: JsonOutput = False,
@@ -212,7 +224,7 @@ def persons_suggest_merges(
     pairs = run_people_command(
         db,
         lambda adapters: merge_suggestions(
-            adapters.unit_of_work, suggestion_params(adapters.settings), limit=limit
+            in_library(adapters.unit_of_work, library), suggestion_params(adapters.settings), limit=limit
         ),
         dry_run=dry_run,
     )
@@ -231,6 +243,7 @@ def persons_rename(
     name: Annotated[str | None, typer.Argument(help="The new name.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Clear the name instead.")] = False,
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: DryRun = False,
 ) -> None:
     """Name a person (or clear its name with --clear)."""
@@ -240,7 +253,12 @@ def persons_rename(
     if (name is None) != clear:
         typer.echo("give a NAME, or --clear to clear the name", err=True)
         raise typer.Exit(2)
-    run_edit(db, dry_run, _given(RenamePerson(person_id=person_id, name=name)), handle_rename_person)
+    run_edit(
+        db,
+        dry_run,
+        _given(RenamePerson(library_id=library, person_id=person_id, name=name)),
+        handle_rename_person,
+    )
 
 
 @persons_app.command("merge")
@@ -248,6 +266,7 @@ def persons_merge(
     target_id: Annotated[int, typer.Argument(help="The person that stays.")],
     source_ids: Annotated[list[int], typer.Argument(help="Persons whose faces join it; they are deleted.")],
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: DryRun = False,
 ) -> None:
     """Merge persons into TARGET (its name wins, else the first named source's)."""
@@ -255,27 +274,40 @@ def persons_merge(
     from image_grouping.models.messages import MergePersons
 
     run_edit(
-        db, dry_run, _given(MergePersons(target_id=target_id, source_ids=source_ids)), handle_merge_persons
+        db,
+        dry_run,
+        _given(MergePersons(library_id=library, target_id=target_id, source_ids=source_ids)),
+        handle_merge_persons,
     )
 
 
 @persons_app.command("hide")
-def persons_hide(person_id: PersonId, db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
+def persons_hide(
+    person_id: PersonId,
+    db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
+    dry_run: DryRun = False,
+) -> None:
     """Hide a person from the People view (grouping goes on)."""
-    _set_hidden(person_id, True, db, dry_run)
+    _set_hidden(person_id, True, db, library, dry_run)
 
 
 @persons_app.command("unhide")
-def persons_unhide(person_id: PersonId, db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
+def persons_unhide(
+    person_id: PersonId,
+    db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
+    dry_run: DryRun = False,
+) -> None:
     """Show a hidden person again."""
-    _set_hidden(person_id, False, db, dry_run)
+    _set_hidden(person_id, False, db, library, dry_run)
 
 
-def _set_hidden(person_id: int, hidden: bool, db: str | None, dry_run: bool) -> None:
+def _set_hidden(person_id: int, hidden: bool, db: str | None, library: str, dry_run: bool) -> None:
     from image_grouping.handlers.people import handle_set_person_hidden
     from image_grouping.models.messages import SetPersonHidden
 
-    command = SetPersonHidden(person_id=person_id, hidden=hidden)
+    command = SetPersonHidden(library_id=library, person_id=person_id, hidden=hidden)
     run_edit(db, dry_run, _given(command), handle_set_person_hidden)
 
 
@@ -284,23 +316,34 @@ def persons_cover(
     person_id: PersonId,
     face_id: Annotated[int, typer.Argument(help="One of the person's faces.")],
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: DryRun = False,
 ) -> None:
     """Make one of the person's faces its cover."""
     from image_grouping.handlers.people import handle_choose_cover
     from image_grouping.models.messages import ChooseCover
 
-    run_edit(db, dry_run, _given(ChooseCover(person_id=person_id, face_id=face_id)), handle_choose_cover)
+    run_edit(
+        db,
+        dry_run,
+        _given(ChooseCover(library_id=library, person_id=person_id, face_id=face_id)),
+        handle_choose_cover,
+    )
 
 
 @persons_app.command("forget")
-def persons_forget(person_id: PersonId, db: DatabaseUrl = None, dry_run: DryRun = False) -> None:
+def persons_forget(
+    person_id: PersonId,
+    db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
+    dry_run: DryRun = False,
+) -> None:
     """Erase a person: its faces' embeddings and thumbnails, and its name (a tombstone per face keeps
     re-analysis from learning them again)."""
     from image_grouping.handlers.people import handle_forget_person
     from image_grouping.models.messages import ForgetPerson
 
-    run_edit(db, dry_run, _given(ForgetPerson(person_id=person_id)), handle_forget_person)
+    run_edit(db, dry_run, _given(ForgetPerson(library_id=library, person_id=person_id)), handle_forget_person)
 
 
 def _given(command: EventData) -> Callable[[Adapters], Awaitable[EventData]]:
@@ -318,6 +361,7 @@ def faces_assign(
     face_id: Annotated[int, typer.Argument(help="The face's id.")],
     person: Annotated[str, typer.Argument(help="A person's id, or `new` for a new person.")],
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: DryRun = False,
 ) -> None:
     """Put a face into a person (or a new one) for good: grouping never moves it again."""
@@ -327,7 +371,9 @@ def faces_assign(
     if person != "new" and not person.isdigit():
         typer.echo(f"not a person id nor `new`: {person!r}", err=True)
         raise typer.Exit(2)
-    command = AssignFace(face_id=face_id, person_id=None if person == "new" else int(person))
+    command = AssignFace(
+        library_id=library, face_id=face_id, person_id=None if person == "new" else int(person)
+    )
     run_edit(db, dry_run, _given(command), handle_assign_face)
 
 
@@ -338,13 +384,19 @@ def faces_reject(
         int | None, typer.Option("--person", help="The person it is not (default: its own).")
     ] = None,
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: DryRun = False,
 ) -> None:
     """ "Not this person": the face leaves its person and never goes back."""
     from image_grouping.handlers.people import handle_reject_face
     from image_grouping.models.messages import RejectFace
 
-    run_edit(db, dry_run, _given(RejectFace(face_id=face_id, person_id=person)), handle_reject_face)
+    run_edit(
+        db,
+        dry_run,
+        _given(RejectFace(library_id=library, face_id=face_id, person_id=person)),
+        handle_reject_face,
+    )
 
 
 @faces_app.command("add")
@@ -358,6 +410,7 @@ def faces_add(
         int | None, typer.Option("--person", help="The person it is (default: grouping decides).")
     ] = None,
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: DryRun = False,
 ) -> None:
     """Add a face the detector missed: a box on a stored photo (pixels of the photo as shown, full size).
@@ -365,7 +418,7 @@ def faces_add(
     from image_grouping.handlers.add_face import handle_add_face
     from image_grouping.models.messages import AddFace
 
-    command = AddFace(image_id=image_id, box=(x1, y1, x2, y2), person_id=person)
+    command = AddFace(library_id=library, image_id=image_id, box=(x1, y1, x2, y2), person_id=person)
 
     async def work(adapters: Adapters) -> list[EventData]:
         (outcome,) = await handle_add_face([command], adapters.add_face_deps())
@@ -382,6 +435,7 @@ def faces_add(
 @faces_app.command("unassigned")
 def faces_unassigned(
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: ReadOnly = False,
     offset: Offset = 0,
     limit: Limit = None,
@@ -395,7 +449,10 @@ def faces_unassigned(
     faces = run_people_command(
         db,
         lambda adapters: unassigned_faces(
-            adapters.unit_of_work, suggestion_params(adapters.settings), offset=offset, limit=limit
+            in_library(adapters.unit_of_work, library),
+            suggestion_params(adapters.settings),
+            offset=offset,
+            limit=limit,
         ),
         dry_run=dry_run,
     )
@@ -420,6 +477,7 @@ def faces_unassigned(
 def images_with_persons(
     person_ids: Annotated[list[int], typer.Argument(help="Persons who must all be in the photo.")],
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: ReadOnly = False,
     offset: Offset = 0,
     limit: Limit = None,
@@ -430,7 +488,9 @@ def images_with_persons(
 
     photos = run_people_command(
         db,
-        lambda adapters: images_with(adapters.unit_of_work, person_ids, offset=offset, limit=limit),
+        lambda adapters: images_with(
+            in_library(adapters.unit_of_work, library), person_ids, offset=offset, limit=limit
+        ),
         dry_run=dry_run,
     )
     if json_output:
@@ -445,6 +505,7 @@ def images_with_persons(
 def images_delete(
     image: Annotated[str, typer.Argument(help="The photo's id (as listed), the uploader's id, or its path.")],
     db: DatabaseUrl = None,
+    library: LibraryName = DEFAULT_LIBRARY,
     dry_run: DryRun = False,
 ) -> None:
     """Delete a photo's faces, embeddings and thumbnails (persons left without faces go unless named)."""
@@ -454,13 +515,13 @@ def images_delete(
 
     async def command(adapters: Adapters) -> ImageDeleted:
         """The database id the listings show first, then the uploader's id, then a stored path."""
-        async with adapters.unit_of_work() as uow:
+        async with adapters.unit_of_work(library) as uow:
             if image.isdigit() and (found := await uow.views.image(int(image))) is not None:
-                return ImageDeleted(path=found.path)
+                return ImageDeleted(library_id=library, path=found.path)
             if await uow.images.find(image, None):
-                return ImageDeleted(image_id=image)
+                return ImageDeleted(library_id=library, image_id=image)
             if await uow.images.find(None, image):
-                return ImageDeleted(path=image)
+                return ImageDeleted(library_id=library, path=image)
         raise UnknownImageError(f"no photo with id or path {image}")
 
     run_edit(db, dry_run, command, handle_image_deleted)

@@ -78,6 +78,13 @@ class UnknownImageError(BadInputError):
     reason = "unknown_image"
 
 
+class OtherLibraryError(BadInputError):
+    """A command or query names a face, person or photo of another library than its own: refused, and
+    nothing of that library is told (not its name, person or photo)."""
+
+    reason = "other_library"
+
+
 class InvalidCommandError(BadInputError):
     """A well-formed command that cannot be carried out as asked: merging a person into itself, an
     empty name, a box outside its photo."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from image_grouping.errors import BadInputError
 from image_grouping.handlers.detection import DetectionDeps, handle_images_uploaded
-from image_grouping.models.messages import FacesDetected, ImageUploaded
+from image_grouping.models.messages import DEFAULT_LIBRARY, FacesDetected, ImageUploaded
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".heif"}
 # Batches handled at once: one is analysed while another is read or stored, keeping the models busy.
@@ -55,9 +55,15 @@ def find_images(folder: Path) -> list[Path]:
 
 
 async def scan_files(
-    files: list[Path], deps: DetectionDeps, batch_size: int, on_batch: BatchReport | None = None
+    files: list[Path],
+    deps: DetectionDeps,
+    batch_size: int,
+    on_batch: BatchReport | None = None,
+    *,
+    library_id: str = DEFAULT_LIBRARY,
 ) -> ScanSummary:
-    """Every file through the detection handler (`deps` skipping known content), `batch_size` at a time."""
+    """Every file through the detection handler (`deps` skipping known content), `batch_size` at a time,
+    into the library."""
     summary = ScanSummary()
     batches = iter([files[start : start + batch_size] for start in range(0, len(files), batch_size)])
 
@@ -67,7 +73,10 @@ async def scan_files(
             # A scanned file has no uploader's id: the sha256 of its path stands in (paths can be longer
             # than an id may be).
             events = [
-                ImageUploaded(image_id=hashlib.sha256(path.encode()).hexdigest(), path=path) for path in paths
+                ImageUploaded(
+                    library_id=library_id, image_id=hashlib.sha256(path.encode()).hexdigest(), path=path
+                )
+                for path in paths
             ]
             outcomes = await handle_images_uploaded(events, deps)
             problems = []

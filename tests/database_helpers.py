@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import pytest
 from sqlalchemy import URL, delete
@@ -63,4 +64,4 @@ async def emptied(engine: AsyncEngine) -> Callable[[], SqlUnitOfWork]:
             recluster_runs,
         ):
             await connection.execute(delete(table))
-    return lambda: SqlUnitOfWork(engine)
+    return partial(SqlUnitOfWork, engine)

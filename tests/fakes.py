@@ -17,6 +17,7 @@ import numpy as np
 from image_grouping.errors import BadInputError, CorruptImageError, ImageNotFoundError
 from image_grouping.models.face_identity import StoredFace, distinct_boxes, match_boxes, plan_reanalysis
 from image_grouping.models.faces import DetectedFace, FaceQuality, HandBox, ImageAnalysis
+from image_grouping.models.messages import DEFAULT_LIBRARY
 from image_grouping.models.records import (
     FaceEdit,
     FaceRecord,
@@ -45,6 +46,7 @@ class FaceRow:
     person_id: int | None = None
     assigned_by: str = AUTOMATIC
     added_by_hand: bool = False
+    library_id: str = DEFAULT_LIBRARY
 
 
 @dataclass
@@ -66,22 +68,37 @@ class State:
 
 
 class FakeDatabase:
-    """Holds the committed state; `unit_of_work()` is the factory the handlers take."""
+    """Holds the committed state; `unit_of_work(library_id)` is the factory the handlers take."""
 
     def __init__(self) -> None:
         self.committed = State()
         self.commits = 0
 
-    def unit_of_work(self) -> FakeUnitOfWork:
-        return FakeUnitOfWork(self)
+    def unit_of_work(self, library_id: str = DEFAULT_LIBRARY) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self, library_id)
 
 
 class FakeUnitOfWork:
-    def __init__(self, database: FakeDatabase) -> None:
+    """A transaction of one library: its repositories see `state`, the library's images, faces and
+    persons (ids, refusals, tombstones, edits and runs are shared); `everything` is the whole copy."""
+
+    def __init__(self, database: FakeDatabase, library_id: str = DEFAULT_LIBRARY) -> None:
         self._database = database
+        self.library_id = library_id
 
     async def __aenter__(self) -> Self:
-        self.state = copy.deepcopy(self._database.committed)
+        self.everything = copy.deepcopy(self._database.committed)
+        library = self.library_id
+        self.state = replace(
+            self.everything,
+            images={k: v for k, v in self.everything.images.items() if v.library_id == library},
+            faces={k: v for k, v in self.everything.faces.items() if v.library_id == library},
+            persons={
+                k: v
+                for k, v in self.everything.persons.items()
+                if v.get("library_id", DEFAULT_LIBRARY) == library
+            },
+        )
         self.images = FakeImages(self)
         self.faces = FakeFaces(self)
         self.persons = FakePersons(self)
@@ -98,7 +115,18 @@ class FakeUnitOfWork:
         del self.state  # what was not committed is gone
 
     async def commit(self) -> None:
-        self._database.committed = copy.deepcopy(self.state)
+        library, everything = self.library_id, self.everything
+        merged = replace(
+            self.state,
+            images={k: v for k, v in everything.images.items() if v.library_id != library}
+            | self.state.images,
+            faces={k: v for k, v in everything.faces.items() if v.library_id != library} | self.state.faces,
+            persons={
+                k: v for k, v in everything.persons.items() if v.get("library_id", DEFAULT_LIBRARY) != library
+            }
+            | self.state.persons,
+        )
+        self._database.committed = copy.deepcopy(merged)
         self._database.commits += 1
 
 
@@ -114,6 +142,22 @@ class _Repository:
 class FakeImages(_Repository):
     async def get(self, image_id: int) -> ImageRecord | None:
         return self.state.images.get(image_id)
+
+    async def in_other_library(self, image_id: int) -> bool:
+        return image_id in self._uow.everything.images and image_id not in self.state.images
+
+    async def libraries(self) -> list[str]:
+        return sorted({image.library_id for image in self._uow.everything.images.values()})
+
+    async def erase_library(self) -> tuple[list[int], list[str]]:
+        ids = sorted(self.state.images)
+        thumbnails = [row.thumbnail_path for row in self.state.faces.values() if row.thumbnail_path]
+        face_ids = set(self.state.faces)
+        self.state.cannot_links = {link for link in self.state.cannot_links if link[0] not in face_ids}
+        self.state.edits = [edit for edit in self.state.edits if edit.face_id not in face_ids]
+        self.state.tombstones = [each for each in self.state.tombstones if each[0] not in ids]
+        self.state.images, self.state.faces = {}, {}
+        return ids, thumbnails
 
     async def hand_boxes(
         self, source_paths: Sequence[str]
@@ -143,7 +187,18 @@ class FakeImages(_Repository):
             return found
         image_id = self.state.new_id()
         image = ImageRecord(
-            image_id, source_id, source_path, "pending", None, None, None, None, None, None, None
+            image_id,
+            source_id,
+            source_path,
+            "pending",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            self._uow.library_id,
         )
         self.state.images[image_id] = image
         return image
@@ -241,6 +296,7 @@ class FakeImages(_Repository):
                     person_id=kept.person_id if kept else None,
                     assigned_by=kept.assigned_by if kept else AUTOMATIC,
                     added_by_hand=face.added_by_hand,
+                    library_id=self._uow.library_id,
                 )
                 self.state.faces[row.id] = row
                 ids.append(row.id)
@@ -249,6 +305,12 @@ class FakeImages(_Repository):
 
 
 class FakeFaces(_Repository):
+    async def in_other_library(self, face_id: int) -> bool:
+        return face_id in self._uow.everything.faces and face_id not in self.state.faces
+
+    async def count_in_library(self) -> int:
+        return len(self.state.faces)
+
     async def get(self, face_ids: Iterable[int]) -> dict[int, FaceRecord]:
         return {
             row.id: FaceRecord(
@@ -321,7 +383,7 @@ class FakeFaces(_Repository):
         return written
 
     async def cannot_links(self) -> list[tuple[int, int]]:
-        return sorted(self.state.cannot_links)
+        return sorted(link for link in self.state.cannot_links if link[0] in self.state.faces)
 
     async def boxes_of_image(self, image_id: int, model_pack: str) -> tuple[list[int], np.ndarray]:
         rows = sorted(
@@ -362,6 +424,15 @@ class FakeFaces(_Repository):
 
 
 class FakePersons(_Repository):
+    async def in_other_library(self, person_id: int) -> bool:
+        return person_id in self._uow.everything.persons and person_id not in self.state.persons
+
+    async def erase_library(self) -> list[int]:
+        ids = sorted(self.state.persons)
+        self.state.cannot_links = {link for link in self.state.cannot_links if link[1] not in ids}
+        self.state.persons = {}
+        return ids
+
     async def get(self, person_ids: Iterable[int]) -> dict[int, PersonRecord]:
         wanted = set(person_ids)
         return {person.id: person for person in await self.list() if person.id in wanted}
@@ -395,6 +466,7 @@ class FakePersons(_Repository):
             "cover_face_id": cover_face_id,
             "created_at": (moment := datetime.now(UTC)),
             "updated_at": moment,
+            "library_id": self._uow.library_id,
         }
         return person_id
 
@@ -433,19 +505,40 @@ class FakePersons(_Repository):
 
 
 class FakeRuns(_Repository):
-    async def start(self, kind: str) -> int:
+    async def start(self, kind: str, model_pack: str | None = None) -> int:
         run_id = self.state.new_id()
         self.state.runs.append(
-            {"id": run_id, "kind": kind, "status": "running", "stats": None, "started_at": datetime.now(UTC)}
+            {
+                "id": run_id,
+                "kind": kind,
+                "status": "running",
+                "stats": None,
+                "started_at": datetime.now(UTC),
+                "library_id": self._uow.library_id,
+                "model_pack": model_pack,
+            }
         )
         return run_id
+
+    async def erase_library(self) -> None:
+        self.state.runs = [run for run in self.state.runs if run["library_id"] != self._uow.library_id]
+
+    async def changed_libraries(self, kind: str, model_pack: str) -> list[str]:
+        """Every library with faces of the pack (the fake keeps no face times)."""
+        return sorted(
+            {row.library_id for row in self._uow.everything.faces.values() if row.model_pack == model_pack}
+        )
 
     async def finish(self, run_id: int, stats: Mapping[str, Any], status: str = "done") -> None:
         run = next(run for run in self.state.runs if run["id"] == run_id)
         run.update(status=status, stats=dict(stats))
 
     async def latest(self, kind: str) -> dict[str, Any] | None:
-        runs = [run for run in self.state.runs if run["kind"] == kind]
+        runs = [
+            run
+            for run in self.state.runs
+            if run["kind"] == kind and run["library_id"] == self._uow.library_id
+        ]
         return dict(runs[-1]) if runs else None
 
 

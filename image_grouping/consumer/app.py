@@ -35,7 +35,12 @@ from image_grouping.consumer.worker import (
 )
 from image_grouping.errors import BadInputError
 from image_grouping.handlers.detection import handle_images_uploaded
-from image_grouping.handlers.recognition import handle_faces_detected, handle_recluster_requested
+from image_grouping.handlers.ports import UnitOfWorkFactory
+from image_grouping.handlers.recognition import (
+    handle_faces_detected,
+    handle_recluster_requested,
+    libraries_to_recluster,
+)
 from image_grouping.models.messages import (
     PERIODIC,
     FacesDetected,
@@ -124,7 +129,9 @@ async def run_loop(adapters: Adapters, stop: asyncio.Event) -> int:
             )
         ]
         if settings.service in (RECOGNITION, "both") and settings.recluster_requested:
-            background.append(asyncio.create_task(_request_reclusters(publisher, settings)))
+            background.append(
+                asyncio.create_task(_request_reclusters(publisher, settings, adapters.unit_of_work))
+            )
 
         await worker.start()
         await stop.wait()
@@ -155,7 +162,11 @@ async def run_oneshot(adapters: Adapters) -> int:
             seen.update(image.id for image in batch)
             for start in range(0, len(batch), settings.detection_batch_size):
                 events = [
-                    ImageUploaded(image_id=image.source_id or str(image.id), path=image.source_path)
+                    ImageUploaded(
+                        library_id=image.library_id,
+                        image_id=image.source_id or str(image.id),
+                        path=image.source_path,
+                    )
                     for image in batch[start : start + settings.detection_batch_size]
                 ]
                 with structlog.contextvars.bound_contextvars(service=DETECTION):
@@ -179,8 +190,15 @@ async def run_oneshot(adapters: Adapters) -> int:
         grouping = adapters.grouping_deps()
         with structlog.contextvars.bound_contextvars(service=RECOGNITION):
             if settings.recluster_requested:
-                request = ReclusterRequested(model_pack=settings.model_pack, reason="oneshot")
-                outcomes = await handle_recluster_requested([request], grouping)
+                async with adapters.unit_of_work() as uow:
+                    libraries = await uow.images.libraries()
+                requests = [
+                    ReclusterRequested(
+                        library_id=library_id, model_pack=settings.model_pack, reason="oneshot"
+                    )
+                    for library_id in libraries
+                ]
+                outcomes = await handle_recluster_requested(requests, grouping)
             else:
                 outcomes = await handle_faces_detected(detected, grouping)
         updates = [
@@ -190,14 +208,26 @@ async def run_oneshot(adapters: Adapters) -> int:
     return 0
 
 
-async def _request_reclusters(publisher: Publisher, settings: Settings) -> None:
-    """Every INTERVAL_SECONDS ask for a recluster; the recluster queue's single active consumer runs it."""
+async def _request_reclusters(
+    publisher: Publisher, settings: Settings, unit_of_work: UnitOfWorkFactory
+) -> None:
+    """Every INTERVAL_SECONDS ask for a recluster of each library that changed since its last one (new
+    faces, edits by hand), each on its library's shard, whose single active consumer runs it; a library
+    where nothing happened is left alone. A database that does not answer skips the round."""
     while True:
         await asyncio.sleep(settings.interval_seconds)
-        await publisher.publish(
-            new_event(ReclusterRequested(model_pack=settings.model_pack, reason=PERIODIC))
-        )
-        log.info("recluster requested", interval_seconds=settings.interval_seconds)
+        try:
+            libraries = await libraries_to_recluster(unit_of_work, settings.model_pack)
+        except Exception:  # transient (the database away): the next interval asks again
+            log.warning("could not read which libraries changed; no recluster requested", exc_info=True)
+            continue
+        for library_id in libraries:
+            await publisher.publish(
+                new_event(
+                    ReclusterRequested(library_id=library_id, model_pack=settings.model_pack, reason=PERIODIC)
+                )
+            )
+        log.info("recluster requested", interval_seconds=settings.interval_seconds, libraries=len(libraries))
 
 
 async def _count_consumers(channel: AbstractChannel, queue: str) -> int:

@@ -23,6 +23,7 @@ from image_grouping.models.messages import (
     ForgetPerson,
     ImageDeleted,
     ImageUploaded,
+    LibraryDeleted,
     MergePersons,
     ReclusterRequested,
     RejectFace,
@@ -82,6 +83,8 @@ def recognition_route(queue: AbstractQueue, adapters: Adapters, balance: ShardBa
         RejectFace: people.handle_reject_face,
         ForgetPerson: people.handle_forget_person,
         ImageDeleted: people.handle_image_deleted,
+        # On the library's shard: an erasure never runs beside a grouping of the library it erases.
+        LibraryDeleted: people.handle_library_deleted,
     }
 
     return Route(

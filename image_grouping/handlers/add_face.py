@@ -30,10 +30,9 @@ from image_grouping.errors import (
     BadInputError,
     InvalidCommandError,
     ModelPackMismatchError,
-    UnknownImageError,
-    UnknownPersonError,
 )
 from image_grouping.handlers.detection import without_forgotten
+from image_grouping.handlers.people import unknown_image, unknown_person
 from image_grouping.handlers.ports import (
     Analyzer,
     ImageFiles,
@@ -93,7 +92,7 @@ async def _add_face(command: AddFace, deps: AddFaceDeps) -> list[EventData]:
 
 async def _attempt(command: AddFace, box: Box, deps: AddFaceDeps) -> list[EventData]:
     pack = deps.model_pack
-    async with deps.unit_of_work() as uow:
+    async with deps.unit_of_work(command.library_id) as uow:
         image = await _checked(uow, command, box, pack)
         if await _already_added(uow, image, box, pack):
             return []
@@ -106,7 +105,7 @@ async def _attempt(command: AddFace, box: Box, deps: AddFaceDeps) -> list[EventD
     analysis = await analyzer.analyze_async(data, [*(HandBox(each) for each in hand), HandBox(box, True)])
     _inside(box, analysis.width, analysis.height)
     added = analysis.faces[-1]  # the hand faces come last, the drawn one last of them
-    async with deps.unit_of_work() as uow:
+    async with deps.unit_of_work(command.library_id) as uow:
         # Checked again where it is written: the photo, the person or the faces may have changed.
         image = await _checked(uow, command, box, pack)
         if await _already_added(uow, image, added.box, pack):
@@ -134,6 +133,7 @@ async def _attempt(command: AddFace, box: Box, deps: AddFaceDeps) -> list[EventD
     log.info("face added by hand", db_image_id=image.id, face_id=face_id, found=added.quality.det_score > 0)
     events: list[EventData] = [
         FaceAdded(
+            library_id=command.library_id,
             face_id=face_id,
             image_id=image.id,
             box=added.box,
@@ -141,6 +141,7 @@ async def _attempt(command: AddFace, box: Box, deps: AddFaceDeps) -> list[EventD
             model_pack=pack,
         ),
         FacesDetected(
+            library_id=command.library_id,
             image_id=image.source_id or str(image.id),
             face_ids=face_ids,
             face_count=len(face_ids),
@@ -148,7 +149,9 @@ async def _attempt(command: AddFace, box: Box, deps: AddFaceDeps) -> list[EventD
         ),
     ]
     if changes.changed:
-        events.append(PersonsUpdated(model_pack=pack, changes=changes.to_event_data()))
+        events.append(
+            PersonsUpdated(library_id=command.library_id, model_pack=pack, changes=changes.to_event_data())
+        )
     return events
 
 
@@ -180,7 +183,7 @@ async def _checked(uow: UnitOfWork, command: AddFace, box: Box, pack: str) -> Im
     """The photo, once the command is known to be possible on it; else the refusal."""
     image = await uow.images.get(command.image_id)
     if image is None:
-        raise UnknownImageError(f"no photo with id {command.image_id}")
+        raise await unknown_image(uow, command.image_id)
     _inside(box, image.width, image.height)
     if image.model_pack is not None and image.model_pack != pack:
         raise ModelPackMismatchError(
@@ -189,7 +192,7 @@ async def _checked(uow: UnitOfWork, command: AddFace, box: Box, pack: str) -> Im
         )
     if command.person_id is not None:
         if not await uow.persons.get([command.person_id]):
-            raise UnknownPersonError(f"no person with id {command.person_id}")
+            raise await unknown_person(uow, command.person_id)
         packs = await uow.persons.model_packs(command.person_id)
         if packs and pack not in packs:
             raise ModelPackMismatchError(

@@ -66,7 +66,23 @@ async def handle_images_uploaded(events: Sequence[ImageUploaded], deps: Detectio
     the BadInputError that refused it (a path outside the images root, a missing, unreadable or oversized
     image), that image marked failed. The others are stored all the same. Anything else is transient:
     raised, with nothing stored, and the caller retries the batch.
+
+    Each image is of its event's library (same path in two libraries: two images, analysed apart); a
+    batch of several libraries is handled a library at a time.
     """
+    libraries = list(dict.fromkeys(event.library_id for event in events))
+    if len(libraries) <= 1:
+        return await _handle_library(events, deps)
+    outcomes: dict[int, Outcome] = {}
+    for library_id in libraries:
+        rows = [row for row, event in enumerate(events) if event.library_id == library_id]
+        handled = await _handle_library([events[row] for row in rows], deps)
+        outcomes.update(zip(rows, handled, strict=True))
+    return [outcomes[row] for row in range(len(events))]
+
+
+async def _handle_library(events: Sequence[ImageUploaded], deps: DetectionDeps) -> list[Outcome]:
+    """`handle_images_uploaded` of the events of one library."""
     hand = await _hand_boxes(events, deps)
     loaded = await asyncio.gather(
         *(_load(event, deps, hand.get(event.path, [])) for event in events), return_exceptions=True
@@ -87,7 +103,8 @@ async def _store(loaded: Sequence[tuple[ImageUploaded, _Loaded]], deps: Detectio
     their `faces.detected`."""
     # Two commits for the whole batch rather than a few per image: round trips are where the service
     # spends its time.
-    async with deps.unit_of_work() as uow:
+    library_id = loaded[0][0].library_id
+    async with deps.unit_of_work(library_id) as uow:
         images = await uow.images.get_or_create_many([(event.image_id, event.path) for event, _ in loaded])
         # Registered for good first: a retry after a failed commit below finds the same image ids, so it
         # overwrites the same thumbnail files instead of leaving them orphaned.
@@ -136,7 +153,11 @@ async def _store(loaded: Sequence[tuple[ImageUploaded, _Loaded]], deps: Detectio
     log.debug("faces stored", images=len(loaded), faces=sum(len(ids) for ids in face_ids))
     return [
         FacesDetected(
-            image_id=event.image_id, face_ids=ids, face_count=len(ids), model_pack=item.analysis.model_pack
+            library_id=library_id,
+            image_id=event.image_id,
+            face_ids=ids,
+            face_count=len(ids),
+            model_pack=item.analysis.model_pack,
         )
         for (event, item), ids in zip(loaded, face_ids, strict=True)
     ]
@@ -169,7 +190,7 @@ def without_forgotten(
 
 async def _hand_boxes(events: Sequence[ImageUploaded], deps: DetectionDeps) -> dict[str, list[Box]]:
     """The boxes of the faces added by hand to the images at the events' paths (most have none)."""
-    async with deps.unit_of_work() as uow:
+    async with deps.unit_of_work(events[0].library_id) as uow:
         return await uow.images.hand_boxes([event.path for event in events])
 
 
@@ -184,7 +205,7 @@ async def _load(event: ImageUploaded, deps: DetectionDeps, hand: Sequence[Box] =
         raise
     pack = deps.analyzer.model_pack
     if deps.skip_known_content:
-        async with deps.unit_of_work() as uow:
+        async with deps.unit_of_work(event.library_id) as uow:  # never another library's analysis
             if await uow.images.find_processed(content_hash, pack) is not None:
                 return None
     try:
@@ -209,7 +230,7 @@ async def _register_failed(
 ) -> None:
     if not deps.record_failures:
         return
-    async with deps.unit_of_work() as uow:
+    async with deps.unit_of_work(event.library_id) as uow:
         image = await uow.images.get_or_create(event.image_id, event.path)
         await uow.images.mark_failed(image.id, error.reason, content_hash, model_pack)
         await uow.commit()

@@ -25,7 +25,9 @@ from image_grouping.errors import (
     BadInputError,
     InvalidCommandError,
     ModelPackMismatchError,
+    OtherLibraryError,
     UnknownFaceError,
+    UnknownImageError,
     UnknownPersonError,
 )
 from image_grouping.handlers.ports import Outcome, Thumbnails, UnitOfWork, UnitOfWorkFactory
@@ -36,6 +38,8 @@ from image_grouping.models.messages import (
     FacesDeleted,
     ForgetPerson,
     ImageDeleted,
+    LibraryDeleted,
+    LibraryErased,
     MergePersons,
     PersonForgotten,
     PersonsUpdated,
@@ -75,7 +79,7 @@ async def _each(
     outcomes: list[Outcome] = []
     for command in commands:
         try:
-            async with deps.unit_of_work() as uow:
+            async with deps.unit_of_work(command.library_id) as uow:
                 done = await carry_out(command, uow, deps)
                 await uow.commit()
         except BadInputError as error:
@@ -91,10 +95,14 @@ async def _each(
     return outcomes
 
 
-def _updated(changes: PersonChanges) -> list[EventData]:
-    """`persons.updated` when something changed, else nothing."""
+def _updated(changes: PersonChanges, library_id: str) -> list[EventData]:
+    """`persons.updated` of the library when something changed, else nothing."""
     return (
-        [PersonsUpdated(model_pack=changes.model_pack, changes=changes.to_event_data())]
+        [
+            PersonsUpdated(
+                library_id=library_id, model_pack=changes.model_pack, changes=changes.to_event_data()
+            )
+        ]
         if changes.changed
         else []
     )
@@ -107,14 +115,36 @@ def _edit(model_pack: str) -> PersonChanges:
 async def _person(uow: UnitOfWork, person_id: int) -> PersonRecord:
     found = (await uow.persons.get([person_id])).get(person_id)
     if found is None:
-        raise UnknownPersonError(f"no person with id {person_id}")
+        raise await unknown_person(uow, person_id)
     return found
+
+
+async def unknown_person(uow: UnitOfWork, person_id: int) -> BadInputError:
+    """The refusal of a person id the unit of work's library does not have: of another library (which is
+    all it says of it), or unknown."""
+    if await uow.persons.in_other_library(person_id):
+        return OtherLibraryError(f"person {person_id} is of another library")
+    return UnknownPersonError(f"no person with id {person_id}")
+
+
+async def unknown_face(uow: UnitOfWork, face_id: int) -> BadInputError:
+    """As `unknown_person`, for a face."""
+    if await uow.faces.in_other_library(face_id):
+        return OtherLibraryError(f"face {face_id} is of another library")
+    return UnknownFaceError(f"no face with id {face_id}")
+
+
+async def unknown_image(uow: UnitOfWork, image_id: int) -> BadInputError:
+    """As `unknown_person`, for a photo (by its database id)."""
+    if await uow.images.in_other_library(image_id):
+        return OtherLibraryError(f"photo {image_id} is of another library")
+    return UnknownImageError(f"no photo with id {image_id}")
 
 
 async def _face(uow: UnitOfWork, face_id: int) -> FaceRecord:
     found = (await uow.faces.get([face_id])).get(face_id)
     if found is None:
-        raise UnknownFaceError(f"no face with id {face_id}")
+        raise await unknown_face(uow, face_id)
     return found
 
 
@@ -123,7 +153,7 @@ async def _face_to_edit(uow: UnitOfWork, face_id: int) -> FaceRecord:
     deciding on (and recording) what the one before committed; the last committed wins."""
     found = await uow.faces.get_for_edit(face_id)
     if found is None:
-        raise UnknownFaceError(f"no face with id {face_id}")
+        raise await unknown_face(uow, face_id)
     return found
 
 
@@ -154,7 +184,7 @@ async def _rename(command: RenamePerson, uow: UnitOfWork, deps: PeopleDeps) -> _
     if person.name != name:
         await uow.persons.rename(person.id, name)
         changes.renamed.append(person.id)
-    return _Done(_updated(changes), [])
+    return _Done(_updated(changes, command.library_id), [])
 
 
 async def handle_set_person_hidden(commands: Sequence[SetPersonHidden], deps: PeopleDeps) -> list[Outcome]:
@@ -168,7 +198,7 @@ async def _set_hidden(command: SetPersonHidden, uow: UnitOfWork, deps: PeopleDep
     if person.hidden != command.hidden:
         await uow.persons.set_hidden(person.id, command.hidden)
         (changes.hidden if command.hidden else changes.shown).append(person.id)
-    return _Done(_updated(changes), [])
+    return _Done(_updated(changes, command.library_id), [])
 
 
 async def handle_choose_cover(commands: Sequence[ChooseCover], deps: PeopleDeps) -> list[Outcome]:
@@ -189,7 +219,7 @@ async def _choose_cover(command: ChooseCover, uow: UnitOfWork, deps: PeopleDeps)
         await uow.faces.assign_by_hand(face.id, person.id)
     if changes.cover_changed or not face.manual:
         await uow.faces.record_edits([FaceEdit(face.id, person.id, person.id, "cover")])
-    return _Done(_updated(changes), [])
+    return _Done(_updated(changes, command.library_id), [])
 
 
 async def handle_merge_persons(commands: Sequence[MergePersons], deps: PeopleDeps) -> list[Outcome]:
@@ -207,7 +237,7 @@ async def _merge(command: MergePersons, uow: UnitOfWork, deps: PeopleDeps) -> _D
     merged_before = await uow.persons.merged_into(set(sources) - set(found))
     for source in sources:
         if source not in found and merged_before.get(source) != target.id:
-            raise UnknownPersonError(f"no person with id {source}")
+            raise await unknown_person(uow, source)
     to_merge = [found[source] for source in sources if source in found]
     changes = _edit(deps.model_pack)
     faces = await uow.faces.of_persons([source.id for source in to_merge])
@@ -221,7 +251,7 @@ async def _merge(command: MergePersons, uow: UnitOfWork, deps: PeopleDeps) -> _D
         await uow.persons.merge_by_hand(target.id, source.id)
         changes.merged.append((source.id, target.id))
         changes.deleted.append(source.id)
-    return _Done(_updated(changes), [])
+    return _Done(_updated(changes, command.library_id), [])
 
 
 # --- faces -----------------------------------------------------------------------------------------------
@@ -261,7 +291,7 @@ async def _assign(command: AssignFace, uow: UnitOfWork, deps: PeopleDeps) -> _Do
     changes.face_moved(face.id, face.person_id, person_id)
     if face.person_id is not None and face.person_id != person_id:
         await _tidy(uow, {face.person_id}, changes)
-    return _Done(_updated(changes), [])
+    return _Done(_updated(changes, command.library_id), [])
 
 
 async def handle_reject_face(commands: Sequence[RejectFace], deps: PeopleDeps) -> list[Outcome]:
@@ -286,7 +316,7 @@ async def _reject(command: RejectFace, uow: UnitOfWork, deps: PeopleDeps) -> _Do
     if face.person_id == person_id:
         changes.face_moved(face.id, person_id, None)
         await _tidy(uow, {person_id}, changes)
-    return _Done(_updated(changes), [])
+    return _Done(_updated(changes, command.library_id), [])
 
 
 # --- deletions -------------------------------------------------------------------------------------------
@@ -303,6 +333,8 @@ async def handle_forget_person(commands: Sequence[ForgetPerson], deps: PeopleDep
 async def _forget(command: ForgetPerson, uow: UnitOfWork, deps: PeopleDeps) -> _Done:
     person = (await uow.persons.get([command.person_id])).get(command.person_id)
     if person is None:
+        if await uow.persons.in_other_library(command.person_id):
+            raise await unknown_person(uow, command.person_id)
         if await uow.persons.forgotten(command.person_id):
             return _Done([], [])
         raise UnknownPersonError(f"no person with id {command.person_id}")
@@ -312,12 +344,14 @@ async def _forget(command: ForgetPerson, uow: UnitOfWork, deps: PeopleDeps) -> _
     changes = _edit(deps.model_pack)
     changes.deleted.append(person.id)
     forgotten = PersonForgotten(
+        library_id=command.library_id,
         person_id=person.id,
         face_ids=[face.id for face in faces],
         image_ids=sorted({face.image_id for face in faces}),
     )
     return _Done(
-        [*_updated(changes), forgotten], [face.thumbnail_path for face in faces if face.thumbnail_path]
+        [*_updated(changes, command.library_id), forgotten],
+        [face.thumbnail_path for face in faces if face.thumbnail_path],
     )
 
 
@@ -338,11 +372,43 @@ async def _delete_image(event: ImageDeleted, uow: UnitOfWork, deps: PeopleDeps) 
     changes = _edit(deps.model_pack)
     await _tidy(uow, {face.person_id for face in faces if face.person_id is not None}, changes)
     deleted = FacesDeleted(
+        library_id=event.library_id,
         image_id=event.image_id,
         path=event.path,
         face_ids=[face.id for face in faces],
         person_ids=changes.deleted,
     )
     return _Done(
-        [deleted, *_updated(changes)], [face.thumbnail_path for face in faces if face.thumbnail_path]
+        [deleted, *_updated(changes, event.library_id)],
+        [face.thumbnail_path for face in faces if face.thumbnail_path],
     )
+
+
+async def handle_library_deleted(events: Sequence[LibraryDeleted], deps: PeopleDeps) -> list[Outcome]:
+    """The photo backend deleted a library: every image of it goes, with every face (of every pack), its
+    embedding, landmarks, thumbnail file, edits and cannot-links, the tombstones of its forgotten faces,
+    every person with its name and merge records, and its recluster runs. Announced by `library.erased`
+    with the counts; a redelivery (or a library never seen) erases nothing and announces zeros. Consumed
+    on the library's grouping shard, so it never runs beside a grouping of that library."""
+    return await _each(events, deps, _erase_library)
+
+
+async def _erase_library(event: LibraryDeleted, uow: UnitOfWork, deps: PeopleDeps) -> _Done:
+    face_count = await uow.faces.count_in_library()
+    image_ids, thumbnails = await uow.images.erase_library()
+    person_ids = await uow.persons.erase_library()
+    await uow.runs.erase_library()
+    log.info(
+        "library erased",
+        library_id=event.library_id,
+        images=len(image_ids),
+        faces=face_count,
+        persons=len(person_ids),
+    )
+    erased = LibraryErased(
+        library_id=event.library_id,
+        image_count=len(image_ids),
+        face_count=face_count,
+        person_count=len(person_ids),
+    )
+    return _Done([erased], thumbnails)

@@ -17,7 +17,7 @@ import numpy as np
 
 from image_grouping.errors import BadInputError
 from image_grouping.models.faces import Box, HandBox, ImageAnalysis
-from image_grouping.models.messages import EventData
+from image_grouping.models.messages import DEFAULT_LIBRARY, EventData
 from image_grouping.models.records import (
     FaceEdit,
     FaceRecord,
@@ -62,11 +62,21 @@ class ImageStore(Protocol):
 
     async def get(self, image_id: int) -> ImageRecord | None: ...
 
+    async def in_other_library(self, image_id: int) -> bool: ...
+
+    async def libraries(self) -> list[str]: ...
+
+    async def erase_library(self) -> tuple[list[int], list[str]]: ...
+
     async def hand_boxes(self, source_paths: Sequence[str]) -> dict[str, list[Box]]: ...
 
 
 class FaceStore(Protocol):
     async def load_for_grouping(self, model_pack: str) -> FaceSet: ...
+
+    async def in_other_library(self, face_id: int) -> bool: ...
+
+    async def count_in_library(self) -> int: ...
 
     async def set_persons(self, assignments: Mapping[int, int | None]) -> int: ...
 
@@ -110,6 +120,10 @@ class FaceStore(Protocol):
 class PersonStore(Protocol):
     async def list(self) -> list[PersonRecord]: ...
 
+    async def in_other_library(self, person_id: int) -> bool: ...
+
+    async def erase_library(self) -> list[int]: ...
+
     async def create(self, cover_face_id: int | None = None, name: str | None = None) -> int: ...
 
     async def delete(self, person_ids: Iterable[int]) -> None: ...
@@ -140,7 +154,11 @@ class PersonStore(Protocol):
 
 
 class RunStore(Protocol):
-    async def start(self, kind: str) -> int: ...
+    async def start(self, kind: str, model_pack: str | None = None) -> int: ...
+
+    async def changed_libraries(self, kind: str, model_pack: str) -> list[str]: ...
+
+    async def erase_library(self) -> None: ...
 
     async def finish(self, run_id: int, stats: Mapping[str, Any], status: str = "done") -> None: ...
 
@@ -182,8 +200,9 @@ class ViewStore(Protocol):
 
 
 class UnitOfWork(Protocol):
-    """One transaction: `async with unit_of_work() as uow: ...; await uow.commit()`; what is not
-    committed is rolled back when the block ends."""
+    """One transaction in one library: `async with unit_of_work(library_id) as uow: ...; await
+    uow.commit()`; what is not committed is rolled back when the block ends. Its stores see and write that
+    library's images, faces, persons and runs only (a few listings for operators, said so, see all)."""
 
     images: ImageStore
     faces: FaceStore
@@ -203,7 +222,20 @@ class UnitOfWork(Protocol):
     async def commit(self) -> None: ...
 
 
-UnitOfWorkFactory = Callable[[], UnitOfWork]
+class UnitOfWorkFactory(Protocol):
+    """A unit of work of the library named (default: the default library)."""
+
+    def __call__(self, library_id: str = DEFAULT_LIBRARY) -> UnitOfWork: ...
+
+
+def in_library(unit_of_work: UnitOfWorkFactory, library_id: str) -> UnitOfWorkFactory:
+    """The factory whose units of work are of `library_id` when called without one: what the queries, the
+    CLI and each web request take, so that everything they read is of that library."""
+
+    def scoped(library: str = library_id) -> UnitOfWork:
+        return unit_of_work(library)
+
+    return scoped
 
 
 class Analyzer(Protocol):

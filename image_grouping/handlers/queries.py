@@ -4,7 +4,8 @@ photo with its faces, and the stored paths of a face's thumbnail and of a photo,
 Plain functions over a unit of work; the CLI and the web app call them alike.
 
 Each opens its own read transaction, commits nothing, and refuses an unknown id with the refusal the
-commands use (UnknownPersonError, UnknownImageError): one line and exit 2 on the CLI, 404 over HTTP.
+commands use (UnknownPersonError, UnknownImageError; OtherLibraryError for an id of another library): one
+line and exit 2 on the CLI, a 4xx over HTTP. They see the unit of work's library only (`in_library`).
 Listings page in the database (`offset`, `limit`); only the suggestions read embeddings.
 """
 
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from image_grouping.errors import InvalidCommandError, UnknownFaceError, UnknownImageError, UnknownPersonError
+from image_grouping.errors import InvalidCommandError
 from image_grouping.grouping.suggestions import (
     CENTROID_FACES,
     FACE_SUGGESTION_SIMILARITY,
@@ -25,6 +26,7 @@ from image_grouping.grouping.suggestions import (
     suggest_merges,
     suggest_persons,
 )
+from image_grouping.handlers.people import unknown_face, unknown_image, unknown_person
 from image_grouping.handlers.ports import UnitOfWork, UnitOfWorkFactory
 from image_grouping.models.views import (
     ImageDetail,
@@ -155,7 +157,7 @@ async def images_with(
     async with unit_of_work() as uow:
         known = await uow.views.existing_persons(wanted)
         if missing := [person_id for person_id in wanted if person_id not in known]:
-            raise UnknownPersonError(f"no person with id {missing[0]}")
+            raise await unknown_person(uow, missing[0])
         return await uow.views.images_with(wanted, offset=offset, limit=limit)
 
 
@@ -164,7 +166,7 @@ async def image_detail(unit_of_work: UnitOfWorkFactory, image_id: int) -> ImageD
     async with unit_of_work() as uow:
         image = await uow.views.image(image_id)
         if image is None:
-            raise UnknownImageError(f"no image with id {image_id}")
+            raise await unknown_image(uow, image_id)
         faces = await uow.views.faces_of_image(image_id)
     return ImageDetail(**asdict(image), faces=faces)
 
@@ -172,7 +174,7 @@ async def image_detail(unit_of_work: UnitOfWorkFactory, image_id: int) -> ImageD
 async def _person(uow: UnitOfWork, person_id: int) -> PersonSummary:
     person = await uow.views.person(person_id)
     if person is None:
-        raise UnknownPersonError(f"no person with id {person_id}")
+        raise await unknown_person(uow, person_id)
     return person
 
 
@@ -185,8 +187,8 @@ async def face_thumbnail(unit_of_work: UnitOfWorkFactory, face_id: int) -> str |
     """The stored path of a face's thumbnail (relative to SYSTEM_STORAGE), None when it has none."""
     async with unit_of_work() as uow:
         face = (await uow.faces.get([face_id])).get(face_id)
-    if face is None:
-        raise UnknownFaceError(f"no face with id {face_id}")
+        if face is None:
+            raise await unknown_face(uow, face_id)
     return face.thumbnail_path
 
 
@@ -194,6 +196,6 @@ async def photo_path(unit_of_work: UnitOfWorkFactory, image_id: int) -> str:
     """A photo's path as stored (the uploader's, or the local path a scan read)."""
     async with unit_of_work() as uow:
         image = await uow.views.image(image_id)
-    if image is None:
-        raise UnknownImageError(f"no image with id {image_id}")
+        if image is None:
+            raise await unknown_image(uow, image_id)
     return image.path

@@ -1,4 +1,5 @@
-"""Grouping: `faces.detected` joins the new faces to persons, `recluster.requested` regroups a pack.
+"""Grouping: `faces.detected` joins the new faces to persons, `recluster.requested` regroups a pack, each
+within one library: a library's faces are grouped among themselves only, never with another's.
 
 Each handler reads the faces in one transaction, lets `image_grouping.grouping` decide outside any
 transaction, then writes the decision in a second one that keeps whatever was edited in between, commits,
@@ -25,7 +26,13 @@ from image_grouping.grouping import (
     reliable_faces,
 )
 from image_grouping.handlers.ports import Clock, Outcome, UnitOfWork, UnitOfWorkFactory
-from image_grouping.models.messages import PERIODIC, FacesDetected, PersonsUpdated, ReclusterRequested
+from image_grouping.models.messages import (
+    DEFAULT_LIBRARY,
+    PERIODIC,
+    FacesDetected,
+    PersonsUpdated,
+    ReclusterRequested,
+)
 from image_grouping.models.persons import PersonChanges
 from image_grouping.models.records import FaceSet, PersonRecord
 
@@ -60,45 +67,75 @@ class GroupingDeps:
 
 
 async def handle_faces_detected(events: Sequence[FacesDetected], deps: GroupingDeps) -> list[Outcome]:
-    """Assign the new faces of several images to persons (or new persons) incrementally.
+    """Assign the new faces of several images to persons (or new persons) incrementally, each library's
+    among that library's faces only.
 
-    One `persons.updated` per model pack, given as the outcome of the batch's last message of that pack.
+    One `persons.updated` per library and model pack, given as the outcome of the batch's last message of
+    that library and pack.
     """
-    last_of_pack = {event.model_pack: index for index, event in enumerate(events) if event.face_ids}
+    last_of = {
+        (event.library_id, event.model_pack): index for index, event in enumerate(events) if event.face_ids
+    }
     outcomes: list[Outcome] = [[] for _ in events]
-    for model_pack, index in last_of_pack.items():
-        face_ids = [face for event in events if event.model_pack == model_pack for face in event.face_ids]
-        changes = await assign_new_faces(deps.unit_of_work, face_ids, model_pack, deps.params_for(model_pack))
-        outcomes[index] = [PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())]
+    for (library_id, model_pack), index in last_of.items():
+        face_ids = [
+            face
+            for event in events
+            if (event.library_id, event.model_pack) == (library_id, model_pack)
+            for face in event.face_ids
+        ]
+        changes = await assign_new_faces(
+            deps.unit_of_work, face_ids, model_pack, deps.params_for(model_pack), library_id=library_id
+        )
+        outcomes[index] = [
+            PersonsUpdated(library_id=library_id, model_pack=model_pack, changes=changes.to_event_data())
+        ]
     return outcomes
 
 
 async def handle_recluster_requested(
     events: Sequence[ReclusterRequested], deps: GroupingDeps
 ) -> list[Outcome]:
-    """Regroup every face of each request's pack, one request after the other (the recluster queue's
-    single active consumer runs one at a time). A periodic request that another replica's request of the
-    same interval already served is skipped."""
+    """Regroup every face of each request's library and pack, one request after the other (the library's
+    grouping shard has a single active consumer). A periodic request that another replica's request of
+    the same interval already served is skipped."""
     outcomes: list[Outcome] = []
     for event in events:
-        model_pack = event.model_pack or deps.model_pack
-        if event.reason == PERIODIC and not await _periodic_recluster_due(model_pack, deps):
-            log.info("periodic recluster skipped: one ran within this interval", model_pack=model_pack)
+        model_pack, library_id = event.model_pack or deps.model_pack, event.library_id
+        if event.reason == PERIODIC and not await _periodic_recluster_due(model_pack, deps, library_id):
+            log.info(
+                "periodic recluster skipped: one ran within this interval",
+                model_pack=model_pack,
+                library_id=library_id,
+            )
             outcomes.append([])
             continue
-        changes = await recluster_all(deps.unit_of_work, model_pack, deps.params_for(model_pack))
-        outcomes.append([PersonsUpdated(model_pack=model_pack, changes=changes.to_event_data())])
+        changes = await recluster_all(
+            deps.unit_of_work, model_pack, deps.params_for(model_pack), library_id=library_id
+        )
+        outcomes.append(
+            [PersonsUpdated(library_id=library_id, model_pack=model_pack, changes=changes.to_event_data())]
+        )
     return outcomes
 
 
-async def _periodic_recluster_due(model_pack: str, deps: GroupingDeps) -> bool:
-    """Whether a periodic recluster request still has work to do: no recluster of the pack has
-    completed that started within the last `PERIODIC_SKIP_SHARE` of the interval."""
-    async with deps.unit_of_work() as uow:
+async def libraries_to_recluster(unit_of_work: UnitOfWorkFactory, model_pack: str) -> list[str]:
+    """The libraries a periodic recluster of the pack has work in: new faces or edits by hand since their
+    last recluster (every library, whichever one the unit of work is of)."""
+    async with unit_of_work() as uow:
+        return await uow.runs.changed_libraries("recluster", model_pack)
+
+
+async def _periodic_recluster_due(
+    model_pack: str, deps: GroupingDeps, library_id: str = DEFAULT_LIBRARY
+) -> bool:
+    """Whether a periodic recluster request still has work to do: no recluster of the library and pack
+    has completed that started within the last `PERIODIC_SKIP_SHARE` of the interval."""
+    async with deps.unit_of_work(library_id) as uow:
         latest = await uow.runs.latest("recluster")
     if latest is None or latest["status"] != "done":
         return True
-    if (latest["stats"] or {}).get("model_pack") != model_pack:
+    if (latest["model_pack"] or (latest["stats"] or {}).get("model_pack")) != model_pack:
         return True
     started: datetime = latest["started_at"]
     if started.tzinfo is None:  # SQLite keeps no offset; every time stored is UTC
@@ -132,12 +169,17 @@ async def _read(uow: UnitOfWork, model_pack: str, params: GroupingParams) -> _Sn
 
 
 async def assign_new_faces(
-    unit_of_work: UnitOfWorkFactory, face_ids: Sequence[int], model_pack: str, params: GroupingParams
+    unit_of_work: UnitOfWorkFactory,
+    face_ids: Sequence[int],
+    model_pack: str,
+    params: GroupingParams,
+    *,
+    library_id: str = DEFAULT_LIBRARY,
 ) -> PersonChanges:
-    """Put newly detected faces into existing persons where the evidence is strong; found tight new
-    groups. Reads, decides, then writes and commits what is still as it read it."""
+    """Put newly detected faces of a library into its existing persons where the evidence is strong; found
+    tight new groups. Reads, decides, then writes and commits what is still as it read it."""
     changes = PersonChanges(model_pack=model_pack, kind="incremental")
-    async with unit_of_work() as uow:
+    async with unit_of_work(library_id) as uow:
         snapshot = await _read(uow, model_pack, params)
     subset = snapshot.faces
     index_of = {face_id: row for row, face_id in enumerate(subset.face_ids.tolist())}
@@ -152,7 +194,7 @@ async def assign_new_faces(
     founded = [NEW_PERSON - group for group in range(len(decision.founded))]
     for placeholder, members in zip(founded, decision.founded, strict=True):
         final[members] = placeholder
-    async with unit_of_work() as uow:
+    async with unit_of_work(library_id) as uow:
         await _write(uow, snapshot, final, founded, changes)
         await uow.commit()
     log.info(
@@ -166,13 +208,17 @@ async def assign_new_faces(
 
 
 async def recluster_all(
-    unit_of_work: UnitOfWorkFactory, model_pack: str, params: GroupingParams
+    unit_of_work: UnitOfWorkFactory,
+    model_pack: str,
+    params: GroupingParams,
+    *,
+    library_id: str = DEFAULT_LIBRARY,
 ) -> PersonChanges:
-    """Regroup every face of the pack, keeping person ids (largest overlap) and every manual edit,
-    including those committed while it computes. Reads, decides, then writes and commits."""
+    """Regroup every face of the library and the pack, keeping person ids (largest overlap) and every
+    manual edit, including those committed while it computes. Reads, decides, then writes and commits."""
     changes = PersonChanges(model_pack=model_pack, kind="recluster")
-    async with unit_of_work() as uow:
-        run_id = await uow.runs.start("recluster")
+    async with unit_of_work(library_id) as uow:
+        run_id = await uow.runs.start("recluster", model_pack)
         snapshot = await _read(uow, model_pack, params)
         await uow.commit()  # the run is seen as running while it computes
     try:
@@ -186,12 +232,12 @@ async def recluster_all(
             [person.id for person in snapshot.persons],
             min_faces=params.min_faces,
         )
-        async with unit_of_work() as uow:
+        async with unit_of_work(library_id) as uow:
             await _write(uow, snapshot, plan.person_ids.copy(), plan.new_persons, changes, plan)
             await uow.runs.finish(run_id, changes.to_event_data())
             await uow.commit()
     except BaseException:
-        await _record_failed_run(unit_of_work, run_id, model_pack)
+        await _record_failed_run(unit_of_work, run_id, model_pack, library_id)
         raise
     log.info(
         "recluster done",
@@ -205,9 +251,11 @@ async def recluster_all(
     return changes
 
 
-async def _record_failed_run(unit_of_work: UnitOfWorkFactory, run_id: int, model_pack: str) -> None:
+async def _record_failed_run(
+    unit_of_work: UnitOfWorkFactory, run_id: int, model_pack: str, library_id: str
+) -> None:
     try:
-        async with unit_of_work() as uow:
+        async with unit_of_work(library_id) as uow:
             await uow.runs.finish(run_id, {"model_pack": model_pack}, status="failed")
             await uow.commit()
     except Exception:  # the database may be what failed; the run then stays "running", which is due too

@@ -74,7 +74,10 @@ async def repack_images(
             break
         after_id = page[-1].id
         events = [
-            ImageUploaded(image_id=image.source_id or str(image.id), path=image.source_path) for image in page
+            ImageUploaded(
+                library_id=image.library_id, image_id=image.source_id or str(image.id), path=image.source_path
+            )
+            for image in page
         ]
         outcomes = await handle_images_uploaded(events, deps)
         problems = [

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from image_grouping.errors import InvalidMessageError
 
@@ -26,11 +26,35 @@ class UnsupportedVersionError(InvalidMessageError):
     reason = "unsupported_schema_version"
 
 
+# A library is one owner's (a user's, a family's, a tenant's) photos, faces and persons: grouping, queries
+# and edits never cross libraries. Messages without `library_id` are of the default library, so uploaders
+# and clients written before libraries keep working.
+DEFAULT_LIBRARY = "default"
+LIBRARY_ID_MAX_LENGTH = 255
+
+
+def _library_id(value: str) -> str:
+    """The id as given; blank ones (which would be a library nobody can name) are refused."""
+    if not value.strip():
+        raise ValueError("a library id cannot be blank")
+    return value
+
+
+LibraryId = Annotated[
+    str,
+    Field(min_length=1, max_length=LIBRARY_ID_MAX_LENGTH, description="The library (owner) of the data."),
+    AfterValidator(_library_id),
+]
+
+
 class EventData(BaseModel):
-    """The payload of one event type; `event_type` is both the CloudEvents type and the routing key."""
+    """The payload of one event type; `event_type` is both the CloudEvents type and the routing key.
+    Every event is of one library (`library_id`, default DEFAULT_LIBRARY), which also routes it to its
+    grouping shard."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", coerce_numbers_to_str=True)
     event_type: ClassVar[str]
+    library_id: LibraryId = DEFAULT_LIBRARY
 
 
 class ImageUploaded(EventData):
@@ -188,6 +212,22 @@ class FaceAdded(EventData):
     model_pack: str
 
 
+class LibraryDeleted(EventData):
+    """The photo backend deleted a library (a user, a family): erase all of it, images, faces, embeddings,
+    thumbnails, persons, tombstones and edits."""
+
+    event_type: ClassVar[str] = "library.deleted"
+
+
+class LibraryErased(EventData):
+    """Announced after `library.deleted` was carried out (also when there was nothing left to erase)."""
+
+    event_type: ClassVar[str] = "library.erased"
+    image_count: int = Field(ge=0, description="Photos erased.")
+    face_count: int = Field(ge=0, description="Faces erased, every model pack.")
+    person_count: int = Field(ge=0, description="Persons erased.")
+
+
 PEOPLE_COMMANDS: tuple[type[EventData], ...] = (
     RenamePerson,
     SetPersonHidden,
@@ -198,6 +238,7 @@ PEOPLE_COMMANDS: tuple[type[EventData], ...] = (
     ForgetPerson,
     ImageDeleted,
     AddFace,
+    LibraryDeleted,
 )
 
 EVENT_TYPES: dict[str, type[EventData]] = {
@@ -211,6 +252,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         PersonForgotten,
         FacesDeleted,
         FaceAdded,
+        LibraryErased,
     )
 }
 

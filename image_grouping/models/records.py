@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 
 from image_grouping.models.faces import ImageAnalysis
+from image_grouping.models.messages import DEFAULT_LIBRARY
 
 ImageStatus = Literal["pending", "done", "failed"]
 
@@ -27,6 +28,7 @@ class ImageRecord:
     model_pack: str | None
     error: str | None
     processed_at: datetime | None
+    library_id: str = DEFAULT_LIBRARY
 
 
 @dataclass(frozen=True, slots=True)

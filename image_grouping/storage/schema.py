@@ -28,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.mssql import VARBINARY
 
+from image_grouping.models.messages import DEFAULT_LIBRARY
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY, not a BIGINT one.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 # SQL Server would otherwise get the deprecated IMAGE type.
@@ -43,6 +45,15 @@ metadata = MetaData(
     }
 )
 
+# Every image, face, person and recluster run is of one library (an owner: a user, a family, a tenant);
+# rows stored before libraries are of the default one (DEFAULT_LIBRARY). NVARCHAR(255): 510 bytes, well
+# inside SQL Server's index key limit beside the other key columns.
+
+
+def _library_column() -> Column[str]:
+    return Column("library_id", Unicode(255), nullable=False, server_default=DEFAULT_LIBRARY)
+
+
 AUTOMATIC = "auto"  # faces.assigned_by: set by grouping, which may change it
 BY_HAND = "manual"  # set (or cleared) by a person; grouping never changes it
 
@@ -52,7 +63,9 @@ images = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("source_id", Unicode(255), nullable=True),
     Column("source_path", Unicode(2000), nullable=False),
-    # sha256 of the normalised source path: unique key without hitting SQL Server's 1700-byte index limit
+    # sha256 of the library and the normalised source path (the path alone in the default library, as
+    # before libraries): one path is one image per library, a unique key without hitting SQL Server's
+    # 1700-byte index limit, and without rebuilding the table's unique constraint
     Column("path_key", String(64), nullable=False),
     Column("content_hash", String(64), nullable=True),
     Column("size_bytes", BigInteger, nullable=True),
@@ -63,6 +76,7 @@ images = Table(
     Column("model_pack", String(64), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("processed_at", DateTime(timezone=True), nullable=True),
+    _library_column(),
     UniqueConstraint("path_key"),
     CheckConstraint("status IN ('pending', 'done', 'failed')", name="status"),
     Index(None, "content_hash", "model_pack"),
@@ -80,6 +94,8 @@ persons = Table(
     Column("cover_face_id", BigInteger, nullable=True),  # no FK: it would close a cycle with faces
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    _library_column(),
+    Index(None, "library_id"),
     sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
 )
 
@@ -114,9 +130,12 @@ faces = Table(
     ),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Its image's library, kept here too: grouping loads a library's faces of a pack through this index
+    _library_column(),
     UniqueConstraint("image_id", "model_pack", "face_index"),
     CheckConstraint(f"assigned_by IN ('{AUTOMATIC}', '{BY_HAND}')", name="assigned_by"),
     Index(None, "model_pack", "person_id"),
+    Index(None, "library_id", "model_pack", "person_id"),
     Index(None, "person_id"),
     sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
 )
@@ -185,8 +204,11 @@ recluster_runs = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
     Column("stats", JSON, nullable=True),
+    _library_column(),  # a recluster regroups one library's faces of one pack
+    Column("model_pack", String(64), nullable=True),  # null: a run logged before libraries (see stats)
     CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),
     Index(None, "kind", "started_at"),
+    Index(None, "library_id", "kind", "started_at"),
     sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
 )
 

@@ -9,6 +9,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from image_grouping.models.faces import ImageAnalysis
+from image_grouping.models.messages import DEFAULT_LIBRARY
 from image_grouping.models.records import ImageResult
 from image_grouping.storage.repositories import (
     FaceRepository,
@@ -35,17 +36,19 @@ class SqlUnitOfWork:
     runs: ReclusterRunRepository
     views: ViewRepository
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, library_id: str = DEFAULT_LIBRARY) -> None:
         self._engine = engine
         self._connection: AsyncConnection | None = None
+        self.library_id = library_id  # every repository reads and writes this library's rows only
 
     async def __aenter__(self) -> SqlUnitOfWork:
         self._connection = connection = await self._engine.connect()
-        self.images = ImageRepository(connection)
-        self.faces = FaceRepository(connection)
-        self.persons = PersonRepository(connection)
-        self.runs = ReclusterRunRepository(connection)
-        self.views = ViewRepository(connection)
+        library = self.library_id
+        self.images = ImageRepository(connection, library)
+        self.faces = FaceRepository(connection, library)
+        self.persons = PersonRepository(connection, library)
+        self.runs = ReclusterRunRepository(connection, library)
+        self.views = ViewRepository(connection, library)
         return self
 
     async def __aexit__(

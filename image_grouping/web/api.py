@@ -10,6 +10,7 @@ status (app.status_of).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
@@ -17,13 +18,15 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from image_grouping.bootstrap import Adapters, suggestion_params
+from image_grouping.config import Settings
 from image_grouping.errors import InvalidCommandError
 from image_grouping.handlers import people, queries
-from image_grouping.handlers.add_face import handle_add_face
+from image_grouping.handlers.add_face import AddFaceDeps, handle_add_face
 from image_grouping.handlers.people import PeopleDeps
-from image_grouping.handlers.ports import Outcome
+from image_grouping.handlers.ports import Outcome, UnitOfWorkFactory, in_library
 from image_grouping.models import views
 from image_grouping.models.messages import (
+    LIBRARY_ID_MAX_LENGTH,
     AddFace,
     AssignFace,
     ChooseCover,
@@ -48,15 +51,50 @@ Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 Offset = Annotated[int, Query(ge=0, le=MAX_ID, description="Skip this many first.")]
 
 
-def adapters(request: Request) -> Adapters:
-    return request.app.state.adapters
+@dataclass(frozen=True)
+class LibraryAdapters:
+    """The adapters as one request sees them: its library's units of work (`unit_of_work` reads and
+    writes that library only), and the library its commands name."""
+
+    adapters: Adapters
+    library: str
+
+    @property
+    def unit_of_work(self) -> UnitOfWorkFactory:
+        return in_library(self.adapters.unit_of_work, self.library)
+
+    @property
+    def settings(self) -> Settings:
+        return self.adapters.settings
+
+    def people_deps(self) -> PeopleDeps:
+        return self.adapters.people_deps()
+
+    def add_face_deps(self) -> AddFaceDeps:
+        return self.adapters.add_face_deps()
+
+
+def adapters(
+    request: Request,
+    library: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=LIBRARY_ID_MAX_LENGTH,
+            description="The library (owner) the request reads and edits; default: serve's --library.",
+        ),
+    ] = None,
+) -> LibraryAdapters:
+    if library is not None and not library.strip():
+        raise InvalidCommandError("a library id cannot be blank")
+    return LibraryAdapters(request.app.state.adapters, library or request.app.state.library)
 
 
 def web_files(request: Request) -> WebFiles:
     return request.app.state.files
 
 
-Deps = Annotated[Adapters, Depends(adapters)]
+Deps = Annotated[LibraryAdapters, Depends(adapters)]
 
 
 # --- what the API returns ------------------------------------------------------------------------------
@@ -227,7 +265,9 @@ def face_json(face: FaceView) -> dict[str, Any]:
 
 
 async def run_edit(
-    handle: Callable[[list[Any], PeopleDeps], Awaitable[list[Outcome]]], command: EventData, deps: Adapters
+    handle: Callable[[list[Any], PeopleDeps], Awaitable[list[Outcome]]],
+    command: EventData,
+    deps: LibraryAdapters,
 ) -> list[EventData]:
     """One command through its handler, as the CLI runs it; a refusal is raised (and answered 4xx)."""
     (outcome,) = await handle([command], deps.people_deps())
@@ -298,27 +338,31 @@ async def edit_person(deps: Deps, person_id: Id, edit: PersonEdit) -> Changes:
             raise InvalidCommandError(f"{field} cannot be null")
     events: list[EventData] = []
     if "name" in given:
-        rename = RenamePerson(person_id=person_id, name=edit.name)
+        rename = RenamePerson(library_id=deps.library, person_id=person_id, name=edit.name)
         events += await run_edit(people.handle_rename_person, rename, deps)
     if edit.hidden is not None:
-        hide = SetPersonHidden(person_id=person_id, hidden=edit.hidden)
+        hide = SetPersonHidden(library_id=deps.library, person_id=person_id, hidden=edit.hidden)
         events += await run_edit(people.handle_set_person_hidden, hide, deps)
     if edit.cover_face_id is not None:
-        cover = ChooseCover(person_id=person_id, face_id=edit.cover_face_id)
+        cover = ChooseCover(library_id=deps.library, person_id=person_id, face_id=edit.cover_face_id)
         events += await run_edit(people.handle_choose_cover, cover, deps)
     return changes(events)
 
 
 @router.post("/persons/{person_id}/merge", response_model=Changes, summary="Merge persons into this one")
 async def merge_persons(deps: Deps, person_id: Id, merge: Merge) -> Changes:
-    command = MergePersons(target_id=person_id, source_ids=merge.source_ids)
+    command = MergePersons(library_id=deps.library, target_id=person_id, source_ids=merge.source_ids)
     return changes(await run_edit(people.handle_merge_persons, command, deps))
 
 
 @router.delete("/persons/{person_id}", response_model=Changes, summary="Forget a person (erasure)")
 async def forget_person(deps: Deps, person_id: Id) -> Changes:
     """Erases the person's faces (embeddings, thumbnails) and name; see the README's Erasure."""
-    return changes(await run_edit(people.handle_forget_person, ForgetPerson(person_id=person_id), deps))
+    return changes(
+        await run_edit(
+            people.handle_forget_person, ForgetPerson(library_id=deps.library, person_id=person_id), deps
+        )
+    )
 
 
 @router.get(
@@ -357,7 +401,7 @@ def suggestion_json(suggestion: views.Suggestion | None) -> dict[str, Any] | Non
 
 @router.post("/faces/{face_id}/assign", response_model=Changes, summary="Put a face into a person by hand")
 async def assign_face(deps: Deps, face_id: Id, assignment: Annotated[Assignment, Body()]) -> Changes:
-    command = AssignFace(face_id=face_id, person_id=assignment.person_id)
+    command = AssignFace(library_id=deps.library, face_id=face_id, person_id=assignment.person_id)
     return changes(await run_edit(people.handle_assign_face, command, deps))
 
 
@@ -366,7 +410,7 @@ async def reject_face(
     deps: Deps, face_id: Id, rejection: Annotated[Rejection | None, Body()] = None
 ) -> Changes:
     person_id = rejection.person_id if rejection is not None else None
-    command = RejectFace(face_id=face_id, person_id=person_id)
+    command = RejectFace(library_id=deps.library, face_id=face_id, person_id=person_id)
     return changes(await run_edit(people.handle_reject_face, command, deps))
 
 
@@ -417,7 +461,9 @@ async def delete_photo(deps: Deps, image_id: Id) -> Changes:
     """As the uploader's `image.deleted` and `image-grouping images delete`: the photo's faces, embeddings
     and thumbnails go, and persons left without faces go unless named. The file itself is left alone."""
     path = await queries.photo_path(deps.unit_of_work, image_id)
-    return changes(await run_edit(people.handle_image_deleted, ImageDeleted(path=path), deps))
+    return changes(
+        await run_edit(people.handle_image_deleted, ImageDeleted(library_id=deps.library, path=path), deps)
+    )
 
 
 @router.post("/images/{image_id}/faces", response_model=Changes, summary="Add a face the detector missed")
@@ -425,7 +471,7 @@ async def add_face(deps: Deps, image_id: Id, face: DrawnFace) -> Changes:
     """As `face.add.requested` and `image-grouping faces add`: the face is analysed at the box like a
     detected one (the models are loaded by the first one added), and analysing the photo again keeps it.
     Adding it again is no change."""
-    command = AddFace(image_id=image_id, box=face.box, person_id=face.person_id)
+    command = AddFace(library_id=deps.library, image_id=image_id, box=face.box, person_id=face.person_id)
     (outcome,) = await handle_add_face([command], deps.add_face_deps())
     if isinstance(outcome, BaseException):
         raise outcome

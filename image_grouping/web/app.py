@@ -33,10 +33,12 @@ from image_grouping.errors import (
     ImagePathError,
     InvalidCommandError,
     ModelPackMismatchError,
+    OtherLibraryError,
     UnknownFaceError,
     UnknownImageError,
     UnknownPersonError,
 )
+from image_grouping.models.messages import DEFAULT_LIBRARY
 
 HERE = Path(__file__).resolve().parent
 TOKEN_COOKIE = "image_grouping_token"
@@ -57,7 +59,7 @@ def status_of(error: BadInputError) -> int:
     """The HTTP status of a refusal."""
     if isinstance(error, UnknownPersonError | UnknownFaceError | UnknownImageError | ImageNotFoundError):
         return 404
-    if isinstance(error, ImagePathError):
+    if isinstance(error, ImagePathError | OtherLibraryError):
         return 403
     if isinstance(error, ModelPackMismatchError):
         return 409
@@ -117,8 +119,9 @@ async def require_sign_in(
         raise NotSignedIn
 
 
-def create_app(settings: Settings, *, host: str | None = None) -> FastAPI:
+def create_app(settings: Settings, *, host: str | None = None, library: str = DEFAULT_LIBRARY) -> FastAPI:
     """The app over the database and storage `settings` name (the adapters are built when it starts).
+    A request is of the library its `library` query parameter names, else of `library`.
 
     Listening on a loopback `host`, it answers only requests addressed to that host by name or number:
     a page of another site whose name was made to point at 127.0.0.1 (DNS rebinding) gets nothing.
@@ -141,6 +144,7 @@ def create_app(settings: Settings, *, host: str | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.token = settings.api_token.get_secret_value() if settings.api_token else None
+    app.state.library = library
 
     @app.exception_handler(BadInputError)
     async def refused(request: Request, error: BadInputError) -> Response:

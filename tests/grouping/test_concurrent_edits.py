@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from image_grouping.handlers.recognition import (
     handle_recluster_requested,
 )
 from image_grouping.models.messages import (
+    DEFAULT_LIBRARY,
     AssignFace,
     ChooseCover,
     FacesDetected,
@@ -228,9 +230,9 @@ class EditsBeforeTheWrite:
         self.opened = 0
         self.edited = False
 
-    def __call__(self) -> Any:
+    def __call__(self, library_id: str = DEFAULT_LIBRARY) -> Any:
         self.opened += 1
-        uow = self._unit_of_work()
+        uow = self._unit_of_work(library_id)
         return _EditsFirst(uow, self) if self.opened == 2 else uow
 
 
@@ -389,7 +391,7 @@ async def test_two_edits_of_one_face_at_once_the_last_committed_wins_and_both_ar
                 await release.wait()
                 await super().commit()
 
-        held = PeopleDeps(lambda: CommitWhenReleased(engine), thumbnails, "pack")
+        held = PeopleDeps(partial(CommitWhenReleased, engine), thumbnails, "pack")
         plain = PeopleDeps(unit_of_work, thumbnails, "pack")
         first = asyncio.create_task(handle_assign_face([AssignFace(face_id=face, person_id=bob)], held))
         await taken.wait()  # the first edit has written and recorded, and not committed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +212,7 @@ async def test_dry_run_writes_nothing(
     face_of_row = await store(
         unit_of_work, lfw_subset, [[row] for row in range(len(lfw_subset))], grouping_settings.model_pack
     )
-    changes = await recluster(lambda: DryRunUnitOfWork(grouping_engine), grouping_settings)
+    changes = await recluster(partial(DryRunUnitOfWork, grouping_engine), grouping_settings)
     assert len(changes.created) > 0
     person = await persons_of(unit_of_work, face_of_row, grouping_settings)
     async with unit_of_work() as uow:

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -279,7 +280,7 @@ def test_the_cli_prints_the_queries_as_json(
         engine = engine_for_url(async_url(cli_database))
         try:
             await ensure_schema(engine)
-            return await build_library(lambda: SqlUnitOfWork(engine), lfw_subset, grouping_settings)
+            return await build_library(partial(SqlUnitOfWork, engine), lfw_subset, grouping_settings)
         finally:
             await engine.dispose()
 

@@ -10,6 +10,7 @@ import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -244,7 +245,7 @@ async def test_a_retry_after_the_faces_commit_failed_leaves_no_orphaned_thumbnai
 
     async with bootstrap(settings) as adapters:
         deps = adapters.detection_deps()
-        failing = replace(deps, unit_of_work=lambda: FacesCommitFailsOnce(adapters.engine))
+        failing = replace(deps, unit_of_work=partial(FacesCommitFailsOnce, adapters.engine))
         with pytest.raises(ConnectionResetError):
             await handle_images_uploaded([upload], failing)
         ((detected,),) = await handle_images_uploaded([upload], deps)  # the redelivery

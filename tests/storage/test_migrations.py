@@ -17,12 +17,14 @@ from alembic.migration import MigrationContext
 from sqlalchemy import URL, Connection, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from image_grouping.storage import ensure_schema, read_database_id
+from image_grouping.models.messages import DEFAULT_LIBRARY
+from image_grouping.storage import SqlUnitOfWork, ensure_schema, read_database_id
 from image_grouping.storage.database import async_url, engine_for_url, odbc_url
 from image_grouping.storage.migrations import render_upgrade_sql
-from image_grouping.storage.schema import images, metadata
+from image_grouping.storage.repositories import path_key
+from image_grouping.storage.schema import faces, images, metadata, persons, recluster_runs
 
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 TABLES = {
     "images",
     "faces",
@@ -74,7 +76,7 @@ async def test_migrations_create_the_schema_from_nothing_as_the_code_declares_it
         assert options == ["toast_tuple_target=8160"]
 
 
-@pytest.mark.parametrize("previous", ["0001", "0002", "0003", "0004", "0005", "0006"])
+@pytest.mark.parametrize("previous", ["0001", "0002", "0003", "0004", "0005", "0006", "0007"])
 async def test_upgrade_from_a_previous_revision_keeps_the_data(
     empty_engine: AsyncEngine, previous: str
 ) -> None:
@@ -102,6 +104,72 @@ async def test_upgrade_from_a_previous_revision_keeps_the_data(
     assert re.fullmatch("[0-9a-f]{32}", await read_database_id(empty_engine))  # an old database gets one
 
 
+async def test_upgrade_to_libraries_puts_what_was_stored_into_the_default_library(
+    empty_engine: AsyncEngine,
+) -> None:
+    await ensure_schema(empty_engine, "0007")
+    moment = datetime.now(UTC)
+    async with empty_engine.begin() as connection:
+        image_id = (
+            await connection.execute(
+                insert(images).values(
+                    source_path="//srv/a.jpg",
+                    path_key=path_key("//srv/a.jpg"),
+                    status="done",
+                    content_hash="c" * 64,
+                    model_pack="buffalo_sc",
+                    created_at=moment,
+                )
+            )
+        ).inserted_primary_key[0]
+        person_id = (
+            await connection.execute(
+                insert(persons).values(name="Ann", hidden=False, created_at=moment, updated_at=moment)
+            )
+        ).inserted_primary_key[0]
+        await connection.execute(
+            insert(faces).values(
+                image_id=image_id,
+                model_pack="buffalo_sc",
+                face_index=0,
+                box_x1=0.0,
+                box_y1=0.0,
+                box_x2=40.0,
+                box_y2=40.0,
+                landmarks=b"\0" * 40,
+                det_score=0.9,
+                size_px=40.0,
+                sharpness=50.0,
+                yaw=0.0,
+                pose="frontal",
+                embedding=b"\0" * 2048,
+                person_id=person_id,
+                assigned_by="manual",
+                created_at=moment,
+                updated_at=moment,
+            )
+        )
+        await connection.execute(
+            insert(recluster_runs).values(kind="recluster", status="done", started_at=moment, stats={})
+        )
+
+    await ensure_schema(empty_engine)
+
+    async with empty_engine.connect() as connection:
+        for table in (images, persons, faces, recluster_runs):
+            libraries = (await connection.execute(select(table.c.library_id))).scalars().all()
+            assert libraries == [DEFAULT_LIBRARY], table.name
+    # The default library's keys are what they were: the same path is the same image, in that library only.
+    async with SqlUnitOfWork(empty_engine) as uow:
+        assert (await uow.images.get_or_create(None, "//srv/a.jpg")).id == image_id
+        assert [person.name for person in await uow.persons.list()] == ["Ann"]
+        assert (await uow.faces.load_for_grouping("buffalo_sc")).face_ids.tolist() != []
+    async with SqlUnitOfWork(empty_engine, "another") as uow:
+        assert await uow.images.find(None, "//srv/a.jpg") == []
+        assert await uow.persons.list() == []
+        assert await uow.persons.in_other_library(person_id)
+
+
 def _offline_sql(url: URL) -> str:
     output = io.StringIO()
     with redirect_stdout(output):
@@ -119,6 +187,8 @@ def test_migrations_render_for_sql_server_in_offline_mode() -> None:
     assert "DATETIMEOFFSET" in sql
     assert "BIT NOT NULL" in sql  # persons.hidden
     assert "ALTER TABLE faces ADD added_by_hand BIT NOT NULL DEFAULT 0" in sql  # old rows: 0
+    for table in ("images", "faces", "persons", "recluster_runs"):  # old rows: the default library
+        assert f"ALTER TABLE {table} ADD library_id NVARCHAR(255) NOT NULL DEFAULT 'default'" in sql
     assert "BOOLEAN" not in sql.upper()
     assert "AUTOINCREMENT" not in sql.upper()
     assert re.search(r"INSERT INTO database_identity \(id\) VALUES \('[0-9a-f]{32}'\)", sql)

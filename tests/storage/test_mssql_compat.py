@@ -7,6 +7,7 @@ then each one is compiled with the mssql dialect and checked.
 from __future__ import annotations
 
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ async def statements(tmp_path: Path) -> list[tuple[ClauseElement, int]]:
         if pending:
             seen.append((pending.pop(), bound))
 
-    await _exercise_every_repository_method(lambda: SqlUnitOfWork(engine))
+    await _exercise_every_repository_method(partial(SqlUnitOfWork, engine))
     await engine.dispose()
     return seen
 

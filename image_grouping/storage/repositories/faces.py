@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import structlog
-from sqlalchemy import Row, bindparam, delete, exists, insert, select, update
+from sqlalchemy import Row, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.records import FaceEdit, FaceRecord, FaceSet
@@ -16,6 +16,7 @@ from image_grouping.storage.repositories.common import chunks, now
 from image_grouping.storage.schema import (
     AUTOMATIC,
     BY_HAND,
+    DEFAULT_LIBRARY,
     cannot_links,
     face_edits,
     face_tombstones,
@@ -88,19 +89,41 @@ def _face_record(row: Row[Any]) -> FaceRecord:
 
 
 class FaceRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
+    """The faces of one library: a face of another library is not found by any of these."""
+
+    def __init__(self, connection: AsyncConnection, library_id: str = DEFAULT_LIBRARY) -> None:
         self._connection = connection
+        self._library = library_id
 
     async def load_for_grouping(self, model_pack: str) -> FaceSet:
-        """Every face of the pack, ordered by id, as arrays (one query, no per-row objects)."""
-        query = select(*_GROUPING_COLUMNS).where(faces.c.model_pack == model_pack).order_by(faces.c.id)
+        """Every face of the library and the pack, ordered by id, as arrays (one query, no per-row
+        objects)."""
+        query = (
+            select(*_GROUPING_COLUMNS)
+            .where(faces.c.library_id == self._library, faces.c.model_pack == model_pack)
+            .order_by(faces.c.id)
+        )
         return _face_set((await self._connection.execute(query)).all())
+
+    async def count_in_library(self) -> int:
+        """How many faces (of every pack) the library has."""
+        query = select(func.count()).select_from(faces).where(faces.c.library_id == self._library)
+        return int((await self._connection.execute(query)).scalar_one())
+
+    async def in_other_library(self, face_id: int) -> bool:
+        """Whether the face exists, in another library than this one."""
+        query = select(faces.c.id).where(faces.c.id == face_id, faces.c.library_id != self._library)
+        return (await self._connection.execute(query)).first() is not None
 
     async def load_by_ids(self, face_ids: Iterable[int]) -> FaceSet:
         """These faces (those that exist), ordered by id."""
         rows: list[Any] = []
         for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
-            query = select(*_GROUPING_COLUMNS).where(faces.c.id.in_(chunk)).order_by(faces.c.id)
+            query = (
+                select(*_GROUPING_COLUMNS)
+                .where(faces.c.id.in_(chunk), faces.c.library_id == self._library)
+                .order_by(faces.c.id)
+            )
             rows.extend((await self._connection.execute(query)).all())
         return _face_set(rows)
 
@@ -253,9 +276,12 @@ class FaceRepository:
         return carried, len(added)
 
     async def cannot_links(self) -> list[tuple[int, int]]:
-        """(face id, person id) pairs set by hand: that face is not that person."""
-        query = select(cannot_links.c.face_id, cannot_links.c.person_id).order_by(
-            cannot_links.c.face_id, cannot_links.c.person_id
+        """(face id, person id) pairs set by hand on the library's faces: that face is not that person."""
+        query = (
+            select(cannot_links.c.face_id, cannot_links.c.person_id)
+            .select_from(cannot_links.join(faces, faces.c.id == cannot_links.c.face_id))
+            .where(faces.c.library_id == self._library)
+            .order_by(cannot_links.c.face_id, cannot_links.c.person_id)
         )
         return [(row.face_id, row.person_id) for row in await self._connection.execute(query)]
 
@@ -266,7 +292,7 @@ class FaceRepository:
         belongs = faces.c.person_id.is_(None) if person_id is None else faces.c.person_id == person_id
         query = (
             select(faces.c.id, faces.c.thumbnail_path)
-            .where(belongs, faces.c.thumbnail_path.is_not(None))
+            .where(belongs, faces.c.library_id == self._library, faces.c.thumbnail_path.is_not(None))
             .order_by(faces.c.det_score.desc(), faces.c.id)
             .limit(limit)
         )
@@ -321,7 +347,8 @@ class FaceRepository:
         """These faces (those that exist), by id."""
         found: dict[int, FaceRecord] = {}
         for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
-            for row in await self._connection.execute(select(*_RECORD_COLUMNS).where(faces.c.id.in_(chunk))):
+            query = select(*_RECORD_COLUMNS).where(faces.c.id.in_(chunk), faces.c.library_id == self._library)
+            for row in await self._connection.execute(query):
                 found[row.id] = _face_record(row)
         return found
 
@@ -330,7 +357,9 @@ class FaceRepository:
         that changes nothing) until this one ends, so two edits of one face at once go one after the other,
         the second reading what the first committed."""
         await self._connection.execute(
-            update(faces).where(faces.c.id == face_id).values(updated_at=faces.c.updated_at)
+            update(faces)
+            .where(faces.c.id == face_id, faces.c.library_id == self._library)
+            .values(updated_at=faces.c.updated_at)
         )
         return (await self.get([face_id])).get(face_id)
 
@@ -377,7 +406,11 @@ class FaceRepository:
     async def _records(self, column: Any, values: Iterable[int]) -> list[FaceRecord]:
         found: list[FaceRecord] = []
         for chunk in chunks(sorted({int(value) for value in values})):
-            query = select(*_RECORD_COLUMNS).where(column.in_(chunk)).order_by(faces.c.id)
+            query = (
+                select(*_RECORD_COLUMNS)
+                .where(column.in_(chunk), faces.c.library_id == self._library)
+                .order_by(faces.c.id)
+            )
             found += [_face_record(row) for row in await self._connection.execute(query)]
         return sorted(found, key=lambda face: face.id)
 

@@ -30,6 +30,7 @@ from image_grouping.models.records import ImageRecord, ImageResult
 from image_grouping.storage.repositories.common import chunks, now, path_key
 from image_grouping.storage.schema import (
     AUTOMATIC,
+    DEFAULT_LIBRARY,
     cannot_links,
     face_edits,
     face_tombstones,
@@ -54,6 +55,7 @@ def _image(row: Row[Any]) -> ImageRecord:
         model_pack=row.model_pack,
         error=row.error,
         processed_at=row.processed_at,
+        library_id=row.library_id,
     )
 
 
@@ -85,12 +87,49 @@ def _analysed_by_other_pack(model_pack: str, from_pack: str | None) -> ColumnEle
 
 
 class ImageRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
+    """The images of one library; `pending` and the repack's listings see every library (their records
+    say each image's)."""
+
+    def __init__(self, connection: AsyncConnection, library_id: str = DEFAULT_LIBRARY) -> None:
         self._connection = connection
+        self._library = library_id
 
     async def get(self, image_id: int) -> ImageRecord | None:
-        row = (await self._connection.execute(select(images).where(images.c.id == image_id))).first()
+        query = select(images).where(images.c.id == image_id, images.c.library_id == self._library)
+        row = (await self._connection.execute(query)).first()
         return _image(row) if row else None
+
+    async def in_other_library(self, image_id: int) -> bool:
+        """Whether the image exists, in another library than this one."""
+        query = select(images.c.id).where(images.c.id == image_id, images.c.library_id != self._library)
+        return (await self._connection.execute(query)).first() is not None
+
+    async def libraries(self) -> list[str]:
+        """Every library that has an image."""
+        query = select(images.c.library_id).distinct().order_by(images.c.library_id)
+        return [row.library_id for row in await self._connection.execute(query)]
+
+    async def erase_library(self) -> tuple[list[int], list[str]]:
+        """Delete every image of this library with all that goes with them (`delete`): their ids and the
+        thumbnail files of their faces, to remove once committed."""
+        ids = [
+            row.id
+            for row in await self._connection.execute(
+                select(images.c.id).where(images.c.library_id == self._library).order_by(images.c.id)
+            )
+        ]
+        thumbnails = [
+            row.thumbnail_path
+            for row in await self._connection.execute(
+                select(faces.c.thumbnail_path).where(
+                    faces.c.library_id == self._library, faces.c.thumbnail_path.is_not(None)
+                )
+            )
+        ]
+        await self.delete(ids)
+        # Faces are their image's; any left (none should be) go too, so no embedding outlives the library.
+        await self._connection.execute(delete(faces).where(faces.c.library_id == self._library))
+        return ids, thumbnails
 
     async def get_or_create(self, source_id: str | None, source_path: str) -> ImageRecord:
         """The image registered under this path, registering it (status pending) if new.
@@ -98,7 +137,7 @@ class ImageRepository:
         Two workers registering the same path at once both get the one row: the loser of the race hits
         the unique key inside a savepoint and reads the winner's row.
         """
-        key = path_key(source_path)
+        key = path_key(source_path, self._library)
         found = (await self._by_keys([key])).get(key)
         if found is not None:
             return found
@@ -109,6 +148,7 @@ class ImageRepository:
                         source_id=source_id,
                         source_path=source_path,
                         path_key=key,
+                        library_id=self._library,
                         status="pending",
                         created_at=now(),
                     )
@@ -131,12 +171,13 @@ class ImageRepository:
             model_pack=None,
             error=None,
             processed_at=None,
+            library_id=self._library,
         )
 
     async def get_or_create_many(self, registrations: Sequence[tuple[str | None, str]]) -> list[ImageRecord]:
         """`get_or_create` of several (source id, path) pairs, in their order, with a few statements in
         all instead of a few each; a path given twice gets its one row twice."""
-        keys = [path_key(source_path) for _, source_path in registrations]
+        keys = [path_key(source_path, self._library) for _, source_path in registrations]
         found = await self._by_keys(keys)
         new = {key: each for key, each in zip(keys, registrations, strict=True) if key not in found}
         if new:
@@ -145,6 +186,7 @@ class ImageRepository:
                     "source_id": source_id,
                     "source_path": source_path,
                     "path_key": key,
+                    "library_id": self._library,
                     "status": "pending",
                     "created_at": now(),
                 }
@@ -167,10 +209,12 @@ class ImageRepository:
         return records
 
     async def find_processed(self, content_hash: str, model_pack: str) -> ImageRecord | None:
-        """An image with these bytes already analysed by this pack (or refused as bad input)."""
+        """An image of this library with these bytes already analysed by this pack (or refused as bad
+        input); another library's analysis is never reused."""
         query = (
             select(images)
             .where(
+                images.c.library_id == self._library,
                 images.c.content_hash == content_hash,
                 images.c.model_pack == model_pack,
                 images.c.status.in_(["done", "failed"]),
@@ -182,14 +226,16 @@ class ImageRepository:
         return _image(row) if row else None
 
     async def pending(self, limit: int) -> list[ImageRecord]:
-        """Registered images without a result yet, oldest first (MODE=oneshot works through these)."""
+        """Registered images of every library without a result yet, oldest first (MODE=oneshot works
+        through these)."""
         query = select(images).where(images.c.status == "pending").order_by(images.c.id).limit(limit)
         return [_image(row) for row in await self._connection.execute(query)]
 
     async def analysed_by_other_pack(
         self, model_pack: str, from_pack: str | None, after_id: int, limit: int
     ) -> list[ImageRecord]:
-        """Images whose result is another pack's (or `from_pack`'s), id above `after_id`, oldest first.
+        """Images of every library whose result is another pack's (or `from_pack`'s), id above
+        `after_id`, oldest first.
 
         An image's row names the pack of its latest result, so once re-analysed it drops out of this list.
         """
@@ -321,6 +367,7 @@ class ImageRepository:
                             "person_id": None,
                             "assigned_by": AUTOMATIC,
                             "created_at": moment,
+                            "library_id": self._library,
                         }
                     )
         # Old indexes move out of the way first, so re-numbering never collides with the unique key.
@@ -372,7 +419,7 @@ class ImageRepository:
         """The boxes of the faces added by hand to the images registered under these paths, of every
         model pack, one per place (a repack analyses the old pack's with the new one); paths whose image
         has none are left out."""
-        keys = {path_key(path): path for path in source_paths}
+        keys = {path_key(path, self._library): path for path in source_paths}
         by_key: dict[str, list[Box]] = {}
         query = (
             select(images.c.path_key, faces.c.box_x1, faces.c.box_y1, faces.c.box_x2, faces.c.box_y2)
@@ -391,15 +438,17 @@ class ImageRepository:
     # --- deletions (image_grouping.handlers.people) ---
 
     async def find(self, source_id: str | None, source_path: str | None) -> list[ImageRecord]:
-        """The images registered under the uploader's id or under the path (either may be None)."""
+        """The library's images registered under the uploader's id or under the path (either may be None)."""
         conditions = []
         if source_id is not None:
             conditions.append(images.c.source_id == source_id)
         if source_path is not None:
-            conditions.append(images.c.path_key == path_key(source_path))
+            conditions.append(images.c.path_key == path_key(source_path, self._library))
         if not conditions:
             return []
-        query = select(images).where(or_(*conditions)).order_by(images.c.id)
+        query = (
+            select(images).where(images.c.library_id == self._library, or_(*conditions)).order_by(images.c.id)
+        )
         return [_image(row) for row in await self._connection.execute(query)]
 
     async def delete(self, image_ids: Sequence[int]) -> None:

@@ -15,6 +15,7 @@ from image_grouping.storage.repositories.common import chunks, now
 from image_grouping.storage.schema import (
     AUTOMATIC,
     BY_HAND,
+    DEFAULT_LIBRARY,
     cannot_links,
     face_tombstones,
     faces,
@@ -26,18 +27,50 @@ log = structlog.get_logger(__name__)
 
 
 class PersonRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
+    """The persons of one library: a person of another library is not found by any of these."""
+
+    def __init__(self, connection: AsyncConnection, library_id: str = DEFAULT_LIBRARY) -> None:
         self._connection = connection
+        self._library = library_id
+
+    async def in_other_library(self, person_id: int) -> bool:
+        """Whether the person exists, in another library than this one."""
+        query = select(persons.c.id).where(persons.c.id == person_id, persons.c.library_id != self._library)
+        return (await self._connection.execute(query)).first() is not None
+
+    async def erase_library(self) -> list[int]:
+        """Delete every person of the library (their faces are gone already: `ImageRepository.
+        erase_library`), with the tombstones and merge records that name them; their ids."""
+        ids = [
+            row.id
+            for row in await self._connection.execute(
+                select(persons.c.id).where(persons.c.library_id == self._library).order_by(persons.c.id)
+            )
+        ]
+        # The merge records into these persons, and into the persons merged into them, and so on.
+        into = ids
+        while into:
+            merged_away: list[int] = []
+            for chunk in chunks(into):
+                query = select(person_merges.c.person_id).where(person_merges.c.into_person_id.in_(chunk))
+                merged_away += [row.person_id for row in await self._connection.execute(query)]
+                await self._connection.execute(
+                    delete(person_merges).where(person_merges.c.into_person_id.in_(chunk))
+                )
+            into = merged_away
+        await self.delete(ids)
+        return ids
 
     async def list(self) -> list[PersonRecord]:
         return await self._records()
 
     async def _records(self, *person_ids: int) -> list[PersonRecord]:
         """Persons with their face counts, by id: all of them, or those of `person_ids`."""
-        counted = faces.c.person_id.is_not(None)
-        chosen = persons.c.id.is_not(None)
+        counted = and_(faces.c.person_id.is_not(None), faces.c.library_id == self._library)
+        chosen = persons.c.library_id == self._library
         if person_ids:
-            counted, chosen = faces.c.person_id.in_(person_ids), persons.c.id.in_(person_ids)
+            counted = and_(faces.c.person_id.in_(person_ids), faces.c.library_id == self._library)
+            chosen = and_(persons.c.id.in_(person_ids), persons.c.library_id == self._library)
         counts = (
             select(faces.c.person_id, func.count().label("face_count"))
             .where(counted)
@@ -67,7 +100,12 @@ class PersonRepository:
         moment = now()
         result = await self._connection.execute(
             insert(persons).values(
-                name=name, hidden=False, cover_face_id=cover_face_id, created_at=moment, updated_at=moment
+                name=name,
+                hidden=False,
+                cover_face_id=cover_face_id,
+                created_at=moment,
+                updated_at=moment,
+                library_id=self._library,
             )
         )
         return int(result.inserted_primary_key[0])

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.views import FaceView, ImageView, PersonSummary
 from image_grouping.storage.repositories.common import IN_CHUNK, chunks
-from image_grouping.storage.schema import cannot_links, faces, images, persons
+from image_grouping.storage.schema import DEFAULT_LIBRARY, cannot_links, faces, images, persons
 
 # faces joined with their photo, keeping only the faces of the photo's current analysis
 _CURRENT_FACES = faces.join(
@@ -75,8 +75,12 @@ def _blobs_to_matrix(blobs: Sequence[bytes]) -> np.ndarray:
 
 
 class ViewRepository:
-    def __init__(self, connection: AsyncConnection) -> None:
+    """The People view of one library: every query sees only its images, faces and persons."""
+
+    def __init__(self, connection: AsyncConnection, library_id: str = DEFAULT_LIBRARY) -> None:
         self._connection = connection
+        self._library = library_id
+        self._in_library = faces.c.library_id == library_id
 
     # --- persons -----------------------------------------------------------------------------------
 
@@ -84,22 +88,26 @@ class ViewRepository:
         counts = (
             select(faces.c.person_id, func.count().label("face_count"))
             .select_from(_CURRENT_FACES)
-            .where(faces.c.person_id.is_not(None))
+            .where(faces.c.person_id.is_not(None), self._in_library)
             .group_by(faces.c.person_id)
             .subquery()
         )
         cover = faces.alias("cover")
-        return select(
-            persons.c.id,
-            persons.c.name,
-            persons.c.hidden,
-            persons.c.cover_face_id,
-            func.coalesce(counts.c.face_count, 0).label("face_count"),
-            cover.c.thumbnail_path.label("cover_thumbnail"),
-        ).select_from(
-            persons.outerjoin(counts, counts.c.person_id == persons.c.id).outerjoin(
-                cover, cover.c.id == persons.c.cover_face_id
+        return (
+            select(
+                persons.c.id,
+                persons.c.name,
+                persons.c.hidden,
+                persons.c.cover_face_id,
+                func.coalesce(counts.c.face_count, 0).label("face_count"),
+                cover.c.thumbnail_path.label("cover_thumbnail"),
             )
+            .select_from(
+                persons.outerjoin(counts, counts.c.person_id == persons.c.id).outerjoin(
+                    cover, cover.c.id == persons.c.cover_face_id
+                )
+            )
+            .where(persons.c.library_id == self._library)
         )
 
     @staticmethod
@@ -132,7 +140,7 @@ class ViewRepository:
         return [self._summary(row) for row in rows]
 
     async def count_persons(self, *, include_hidden: bool) -> int:
-        query = select(func.count()).select_from(persons)
+        query = select(func.count()).select_from(persons).where(persons.c.library_id == self._library)
         if not include_hidden:
             query = query.where(persons.c.hidden == false())
         return int((await self._connection.execute(query)).scalar_one())
@@ -146,7 +154,11 @@ class ViewRepository:
         for chunk in chunks(sorted({int(person_id) for person_id in person_ids})):
             found.update(
                 (
-                    await self._connection.execute(select(persons.c.id).where(persons.c.id.in_(chunk)))
+                    await self._connection.execute(
+                        select(persons.c.id).where(
+                            persons.c.id.in_(chunk), persons.c.library_id == self._library
+                        )
+                    )
                 ).scalars()
             )
         return found
@@ -155,13 +167,21 @@ class ViewRepository:
 
     async def faces_of_person(self, person_id: int, *, offset: int, limit: int | None) -> list[FaceView]:
         """The person's current faces, clearest first."""
-        query = select(*_FACE_COLUMNS).select_from(_CURRENT_FACES).where(faces.c.person_id == person_id)
+        query = (
+            select(*_FACE_COLUMNS)
+            .select_from(_CURRENT_FACES)
+            .where(faces.c.person_id == person_id, self._in_library)
+        )
         rows = await self._connection.execute(_page(query.order_by(*_FACE_ORDER), offset, limit))
         return [_face(row) for row in rows]
 
     async def unassigned_faces(self, *, offset: int, limit: int | None) -> list[FaceView]:
         """Current faces without a person, clearest first."""
-        query = select(*_FACE_COLUMNS).select_from(_CURRENT_FACES).where(faces.c.person_id.is_(None))
+        query = (
+            select(*_FACE_COLUMNS)
+            .select_from(_CURRENT_FACES)
+            .where(faces.c.person_id.is_(None), self._in_library)
+        )
         rows = await self._connection.execute(_page(query.order_by(*_FACE_ORDER), offset, limit))
         return [_face(row) for row in rows]
 
@@ -170,7 +190,7 @@ class ViewRepository:
         query = (
             select(*_FACE_COLUMNS)
             .select_from(_CURRENT_FACES)
-            .where(faces.c.image_id == image_id)
+            .where(faces.c.image_id == image_id, self._in_library)
             .order_by(faces.c.face_index, faces.c.id)
         )
         return [_face(row) for row in await self._connection.execute(query)]
@@ -180,7 +200,7 @@ class ViewRepository:
         found: dict[int, np.ndarray] = {}
         for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
             query = select(faces.c.id, faces.c.embedding).where(
-                faces.c.id.in_(chunk), faces.c.model_pack == model_pack
+                faces.c.id.in_(chunk), faces.c.model_pack == model_pack, self._in_library
             )
             for row in await self._connection.execute(query):
                 found[row.id] = np.frombuffer(row.embedding, "<f4").astype(np.float32)
@@ -197,7 +217,7 @@ class ViewRepository:
                 .label("position"),
             )
             .select_from(_CURRENT_FACES)
-            .where(faces.c.model_pack == model_pack, faces.c.person_id.is_not(None))
+            .where(faces.c.model_pack == model_pack, faces.c.person_id.is_not(None), self._in_library)
             .subquery()
         )
         query = (
@@ -230,7 +250,7 @@ class ViewRepository:
                     images, and_(images.c.id == first.c.image_id, images.c.model_pack == first.c.model_pack)
                 )
             )
-            .where(first.c.model_pack == model_pack)
+            .where(first.c.model_pack == model_pack, first.c.library_id == self._library)
         )
         rows = await self._connection.execute(query)
         return {(min(row.person_id, row.other), max(row.person_id, row.other)) for row in rows}
@@ -240,7 +260,7 @@ class ViewRepository:
         query = (
             select(faces.c.person_id, cannot_links.c.person_id.label("refused"))
             .select_from(cannot_links.join(faces, faces.c.id == cannot_links.c.face_id))
-            .where(faces.c.person_id.is_not(None))
+            .where(faces.c.person_id.is_not(None), self._in_library)
         )
         return {(row.person_id, row.refused) for row in await self._connection.execute(query)}
 
@@ -249,7 +269,7 @@ class ViewRepository:
     async def image(self, image_id: int) -> ImageView | None:
         query = select(
             images.c.id, images.c.source_path, images.c.source_id, images.c.width, images.c.height
-        ).where(images.c.id == image_id)
+        ).where(images.c.id == image_id, images.c.library_id == self._library)
         row = (await self._connection.execute(query)).first()
         return _image(row) if row else None
 
@@ -263,7 +283,7 @@ class ViewRepository:
         showing_all = (
             select(faces.c.image_id)
             .select_from(_CURRENT_FACES)
-            .where(faces.c.person_id.in_(wanted))
+            .where(faces.c.person_id.in_(wanted), self._in_library)
             .group_by(faces.c.image_id)
             .having(func.count(faces.c.person_id.distinct()) == len(wanted))
         )
