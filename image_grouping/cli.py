@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Annotated, get_args
 
 import typer
 
-from image_grouping.cli_people import faces_app, images_app, persons_app
+from image_grouping.cli_people import checked_library, faces_app, images_app, persons_app
 from image_grouping.config import Settings, SettingsError, load_settings
 from image_grouping.errors import DatabaseUnreachableError
 from image_grouping.handlers.ports import in_library
-from image_grouping.models.messages import DEFAULT_LIBRARY, LIBRARY_ID_MAX_LENGTH
+from image_grouping.models.messages import DEFAULT_LIBRARY
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -43,7 +43,12 @@ app.add_typer(images_app, name="images")
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Compute everything, write and publish nothing.")]
 LibraryName = Annotated[
-    str, typer.Option("--library", help="The library (owner) to work in; default: the default library.")
+    str,
+    typer.Option(
+        "--library",
+        help="The library (owner) to work in; default: the default library.",
+        callback=checked_library,
+    ),
 ]
 DatabaseUrl = Annotated[
     str | None,
@@ -331,6 +336,7 @@ def serve(
         typer.Option(
             "--library",
             help="The library a request that names none (?library=) is of: the pages serve this one.",
+            callback=checked_library,
         ),
     ] = DEFAULT_LIBRARY,
     host: Annotated[
@@ -348,9 +354,6 @@ def serve(
             "persons); set it, or listen on 127.0.0.1",
             err=True,
         )
-        raise typer.Exit(2)
-    if not library.strip() or len(library) > LIBRARY_ID_MAX_LENGTH:
-        typer.echo(f"--library: not a library id: {library!r}", err=True)
         raise typer.Exit(2)
     import uvicorn
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from image_grouping.handlers.ports import in_library
-from image_grouping.models.messages import DEFAULT_LIBRARY
+from image_grouping.models.messages import DEFAULT_LIBRARY, LIBRARY_ID_MAX_LENGTH
 
 if TYPE_CHECKING:
     from image_grouping.bootstrap import Adapters
@@ -39,9 +39,22 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option("--db", help="SQLAlchemy URL; default DATABASE_URL, SQL_CONNECTION_STRING or local SQLite."),
 ]
+
+
+def checked_library(name: str) -> str:
+    """A library id as messages take it: not blank, at most LIBRARY_ID_MAX_LENGTH characters."""
+    if not name.strip() or len(name) > LIBRARY_ID_MAX_LENGTH:
+        raise typer.BadParameter(f"not a library id (1-{LIBRARY_ID_MAX_LENGTH} characters, not blank)")
+    return name
+
+
 LibraryName = Annotated[
     str,
-    typer.Option("--library", help="The library (owner) to work in; ids of another library are refused."),
+    typer.Option(
+        "--library",
+        help="The library (owner) to work in; ids of another library are refused.",
+        callback=checked_library,
+    ),
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 Offset = Annotated[int, typer.Option(min=0, help="Skip this many first.")]

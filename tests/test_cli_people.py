@@ -261,3 +261,45 @@ def test_adding_a_face_by_hand_through_the_cli(database: str, tmp_path: Path, ev
     assert (tmp_path / "data" / thumbnail).is_file()
     assert add("--person", str(alice)) == "nothing changed: a face added by hand is there already"
     assert len(hand_faces()) == 1
+
+
+def test_every_people_command_works_in_its_library_and_refuses_another_librarys_ids(
+    database: str, tmp_path: Path
+) -> None:
+    face_ids, (alice, bob, _carol) = _library(database, tmp_path)  # the default library's
+
+    def cli(*arguments: str) -> Result:
+        return run_cli(tmp_path, *arguments, "--db", database, "--library", "family 2")
+
+    refused = [
+        cli("persons", "show", str(alice)),
+        cli("persons", "rename", str(alice), "Alice"),
+        cli("persons", "merge", str(alice), str(bob)),
+        cli("persons", "hide", str(bob)),
+        cli("persons", "cover", str(alice), str(face_ids[0][0])),
+        cli("persons", "forget", str(alice)),
+        cli("faces", "assign", str(face_ids[0][0]), "new"),
+        cli("faces", "reject", str(face_ids[0][0])),
+        cli("images", "with", str(alice)),
+    ]
+    for result in refused:
+        assert result.returncode == 2, result.stdout
+        assert result.stderr.strip().endswith("is of another library")
+        assert len(result.stderr.strip().splitlines()) == 1
+    listed = cli("persons", "list", "--json")
+    assert listed.returncode == 0
+    assert listed.stdout.strip() == "[]"
+    assert cli("faces", "unassigned", "--json").stdout.strip() == "[]"
+    assert cli("persons", "suggest-merges", "--json").stdout.strip() == "[]"
+    # Nothing changed in the default library, where the same commands work.
+    assert _rows(
+        database, select(persons.c.name, persons.c.hidden).where(persons.c.id.in_([alice, bob]))
+    ) == [
+        (None, False),
+        (None, False),
+    ]
+    shown = run_cli(tmp_path, "persons", "show", str(alice), "--db", database, "--library", "default")
+    assert shown.returncode == 0
+    assert f"person {alice}:" in shown.stdout
+    blank = run_cli(tmp_path, "persons", "list", "--db", database, "--library", " ")
+    assert blank.returncode == 2

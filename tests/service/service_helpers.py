@@ -91,6 +91,7 @@ class Bus:
         await observer.bind(self.exchange, "person.forgotten")
         await observer.bind(self.exchange, "faces.deleted")
         await observer.bind(self.exchange, "face.added")
+        await observer.bind(self.exchange, "library.erased")
         await observer.consume(self._on_event, no_ack=True)
 
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
@@ -98,7 +99,7 @@ class Bus:
         async with self._arrived:
             if message.routing_key == "persons.updated":
                 self.persons_updated.append(data)
-            elif message.routing_key in ("person.forgotten", "faces.deleted", "face.added"):
+            elif message.routing_key in ("person.forgotten", "faces.deleted", "face.added", "library.erased"):
                 self.announced.append((message.routing_key, data))
             else:
                 self.detected.setdefault(data["image_id"], []).append(data)

@@ -23,6 +23,7 @@ from image_grouping.models.messages import (
     EventData,
     ForgetPerson,
     ImageDeleted,
+    LibraryDeleted,
     MergePersons,
     RejectFace,
     RenamePerson,
@@ -252,3 +253,57 @@ async def test_adding_a_face_by_hand_through_the_recluster_queue(
             )
             == 1
         )
+
+
+async def test_commands_across_libraries_are_dead_lettered_and_a_library_is_erased_through_the_bus(
+    tmp_path: Path, fresh_postgres_url: str, rabbitmq_url: str
+) -> None:
+    settings = service_settings(tmp_path, fresh_postgres_url, rabbitmq_url, service="recognition")
+    async with running_service(settings) as service:
+        face_ids, (alice, bob, _carol) = await _library(service, settings.model_pack)  # the default library
+        family = "family 7"
+        # An edit in the other library works there.
+        async with service.adapters.unit_of_work(family) as uow:
+            image = await uow.images.get_or_create("theirs", "//nas/photos/0.jpg")  # the same path
+            analysis = ImageAnalysis(1000, 800, settings.model_pack, [_face(BOXES[0], 5)])
+            (their_face,) = await uow.save_analysis(image.id, "h", 1, analysis, [None])
+            theirs = await uow.persons.create(cover_face_id=their_face)
+            await uow.faces.set_persons({their_face: theirs})
+            await uow.commit()
+        renamed = await _updated_after(service, RenamePerson(library_id=family, person_id=theirs, name="Dee"))
+        assert renamed["renamed"] == [theirs]
+        assert service.bus.persons_updated[-1]["library_id"] == family
+        bad = [
+            RenamePerson(library_id=family, person_id=alice, name="X"),
+            AssignFace(library_id=family, face_id=face_ids[0][0], person_id=theirs),
+            AssignFace(face_id=their_face, person_id=bob),
+            MergePersons(target_id=alice, source_ids=[theirs]),
+            ForgetPerson(person_id=theirs),
+        ]
+        for command in bad:
+            await service.bus.publish(command)
+        letters = await service.bus.dead_letters(len(bad))
+        assert [str(letter.headers[REASON_HEADER]) for letter in letters] == ["other_library"] * len(bad)
+        assert await _scalar(service, select(persons.c.name).where(persons.c.id == alice)) is None
+        assert await _scalar(service, select(faces.c.person_id).where(faces.c.id == their_face)) == theirs
+
+        await service.bus.publish(LibraryDeleted(library_id=family))
+        async with asyncio.timeout(30):
+            while not service.bus.announced:  # noqa: ASYNC110 - polls what the observer collected
+                await asyncio.sleep(0.1)
+        kind, erased = service.bus.announced[0]
+        assert kind == "library.erased"
+        assert (
+            erased["library_id"],
+            erased["image_count"],
+            erased["face_count"],
+            erased["person_count"],
+        ) == (
+            family,
+            1,
+            1,
+            1,
+        )
+        assert await _scalar(service, select(func.count()).where(persons.c.library_id == family)) == 0
+        assert await _scalar(service, select(func.count()).select_from(images)) == 3  # the default's
+        assert await _scalar(service, select(func.count()).select_from(faces)) == 9

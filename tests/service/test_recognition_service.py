@@ -38,9 +38,9 @@ async def test_detected_faces_are_grouped_in_batches_and_a_requested_recluster_r
     calls: list[list[int]] = []  # face ids of each assignment the service ran
     assign_new_faces = recognition.assign_new_faces
 
-    async def recorded(unit_of_work: Any, face_ids: Sequence[int], *args: Any) -> Any:
+    async def recorded(unit_of_work: Any, face_ids: Sequence[int], *args: Any, **kwargs: Any) -> Any:
         calls.append(list(face_ids))
-        return await assign_new_faces(unit_of_work, face_ids, *args)
+        return await assign_new_faces(unit_of_work, face_ids, *args, **kwargs)
 
     monkeypatch.setattr(recognition, "assign_new_faces", recorded)
     # A wait longer than the gap between two detections: the faces.detected gather into few batches.

@@ -563,3 +563,47 @@ def test_on_localhost_only_requests_addressed_to_it(library: Library) -> None:
         rebound = client.get("/api/persons", headers={"Host": "evil.example:8000"})
         assert rebound.status_code == 400
         assert "Ada" not in rebound.text
+
+
+# --- libraries -------------------------------------------------------------------------------------------
+
+
+def test_a_request_of_another_library_sees_none_of_this_one_and_edits_nothing(
+    client: TestClient, library: Library
+) -> None:
+    other = {"library": "family 2"}
+    listed = client.get("/api/persons", params=other)
+    assert listed.status_code == 200
+    assert listed.json()["total"] == 0
+    assert client.get("/api/faces/unassigned", params=other).json() == []
+    assert client.get("/api/suggestions/merges", params=other).json() == []
+    face, photo = library.faces[0][0], library.photos[0]
+    for response in (
+        client.get(f"/api/persons/{library.ada}", params=other),
+        client.patch(f"/api/persons/{library.ada}", params=other, json={"name": "Eve"}),
+        client.post(f"/api/persons/{library.ada}/merge", params=other, json={"source_ids": [library.bob]}),
+        client.delete(f"/api/persons/{library.ada}", params=other),
+        client.post(f"/api/faces/{face}/assign", params=other, json={"person_id": None}),
+        client.post(f"/api/faces/{face}/reject", params=other, json={}),
+        client.get(f"/api/faces/{face}/thumbnail", params=other),
+        client.get("/api/images", params={**other, "with": library.ada}),
+        client.get(f"/api/images/{photo}", params=other),
+        client.get(f"/api/images/{photo}/file", params=other),
+        client.delete(f"/api/images/{photo}", params=other),
+    ):
+        refused(response, 403, "other_library", "another library")
+        assert "Ada" not in response.text
+    # The default library, named or not, is as it was.
+    for params in ({}, {"library": "default"}):
+        person = client.get(f"/api/persons/{library.ada}", params=params)
+        assert person.status_code == 200
+        assert person.json()["name"] == "Ada"
+    refused(client.get("/api/persons", params={"library": "  "}), 422)
+    refused(client.get("/api/persons", params={"library": "x" * 256}), 422)
+
+
+def test_serve_library_is_the_library_of_a_request_that_names_none(library: Library) -> None:
+    with TestClient(create_app(library.settings, library="family 2")) as client:
+        assert client.get("/api/persons").json()["total"] == 0
+        refused(client.get(f"/api/persons/{library.ada}"), 403, "other_library")
+        assert client.get(f"/api/persons/{library.ada}", params={"library": "default"}).status_code == 200
