@@ -377,6 +377,16 @@ def serve(
     )
 
 
+def _gallery_folder(storage: Path, library: str) -> Path | None:
+    """Where a library's gallery goes by default: SYSTEM_STORAGE/report for the default library (as
+    before libraries), report-<sha256 of the name, 16 hex> for another (any name makes a folder name)."""
+    if library == DEFAULT_LIBRARY:
+        return None
+    import hashlib
+
+    return storage / f"report-{hashlib.sha256(library.encode()).hexdigest()[:16]}"
+
+
 def _progress(total: int, description: str) -> tqdm:
     """A progress bar on a terminal; nothing when stderr is a file or a pipe (logs, JSON output)."""
     from tqdm import tqdm
@@ -449,13 +459,3 @@ def eval_grouping(
 
 if __name__ == "__main__":
     main()
-
-
-def _gallery_folder(storage: Path, library: str) -> Path | None:
-    """Where a library's gallery goes by default: SYSTEM_STORAGE/report for the default library (as
-    before libraries), report-<sha256 of the name, 16 hex> for another (any name makes a folder name)."""
-    if library == DEFAULT_LIBRARY:
-        return None
-    import hashlib
-
-    return storage / f"report-{hashlib.sha256(library.encode()).hexdigest()[:16]}"

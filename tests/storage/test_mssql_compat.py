@@ -86,9 +86,25 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
         await uow.persons.set_hidden(persons[1], True)
         await uow.persons.merge_by_hand(persons[0], persons[1])
         await uow.persons.delete(persons)
-        run_id = await uow.runs.start("full")
+        run_id = await uow.runs.start("full", PACK)
         await uow.runs.finish(run_id, {"persons": 3})
         await uow.runs.latest("full")
+        await uow.runs.changed_libraries("full", PACK)
+        await uow.images.in_other_library(image.id)
+        await uow.faces.in_other_library(face_ids[0])
+        await uow.persons.in_other_library(persons[0])
+        await uow.faces.count_in_library()
+        await uow.images.libraries()
+        await uow.commit()
+    # Libraries: another library's, and its erasure (every table of the library).
+    async with uow_factory("another library") as uow:
+        other = await uow.images.get_or_create(None, "//srv/files/0.jpg")
+        await uow.save_analysis(other.id, "h0", 10, make_analysis(boxes[:3], 1), ["t"] * 3)
+        await uow.persons.create(name="Other")
+        await uow.runs.start("full", PACK)
+        await uow.images.erase_library()
+        await uow.persons.erase_library()
+        await uow.runs.erase_library()
         await uow.commit()
 
 
