@@ -84,6 +84,45 @@ def test_scan_stores_every_face_once_and_a_second_scan_skips_all(eval_dir: Path,
     gallery = Path(second.stdout.strip().splitlines()[-1])
     assert gallery.is_file()
 
+    # The same folder into another library: analysed again (the default library's analyses of the same
+    # bytes are not its own), grouped and shown apart, in a gallery of its own.
+    third = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "image_grouping.cli",
+            "scan",
+            str(photos),
+            "--db",
+            f"sqlite:///{database}",
+            "--library",
+            "family 2",
+        ],
+        env=os.environ
+        | {
+            "SYSTEM_STORAGE": str(storage),
+            "THUMBNAIL_SAVE_PATH": str(storage / "thumbnails"),
+            "LOG_ROOT": str(tmp_path / "logs"),
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert third.returncode == 0, third.stderr
+    assert f"4 images: 3 analysed ({first.faces} faces), 0 already done, 1 failed" in third.stdout
+    other_gallery = Path(third.stdout.strip().splitlines()[-1])
+    assert other_gallery.is_file()
+    assert other_gallery.parent != gallery.parent
+    with sqlite3.connect(database) as connection:
+        per_library = dict(connection.execute("SELECT library_id, count(*) FROM faces GROUP BY library_id"))
+        persons_of = connection.execute(
+            "SELECT DISTINCT faces.library_id, persons.library_id FROM faces JOIN persons"
+            " ON persons.id = faces.person_id"
+        ).fetchall()
+    assert per_library == {"default": first.faces, "family 2": first.faces}
+    assert all(face_library == person_library for face_library, person_library in persons_of)
+
 
 def test_find_images_walks_folders_and_leaves_out_other_and_hidden_files(tmp_path: Path) -> None:
     for name in ["b.JPG", "a/c.png", "a/d.heic", "e.txt", ".hidden/f.jpg", "a/.g.jpg"]:
