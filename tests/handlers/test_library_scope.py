@@ -4,10 +4,15 @@ reused, and a query for another library's person, face or photo is refused as su
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import numpy as np
 import pytest
 from fakes import FakeAnalyzer, FakeDatabase, FakeFiles, FakeThumbnails, is_refusal
 
+from image_grouping.config import load_settings
+from image_grouping.consumer.app import _request_reclusters
 from image_grouping.errors import BadInputError, InvalidMessageError, OtherLibraryError
 from image_grouping.grouping import GroupingParams
 from image_grouping.handlers import queries
@@ -18,6 +23,8 @@ from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
 from image_grouping.models.messages import (
     DEFAULT_LIBRARY,
     EVENT_TYPES,
+    PERIODIC,
+    Envelope,
     FacesDetected,
     ImageUploaded,
     PersonsUpdated,
@@ -141,3 +148,32 @@ def test_every_message_names_its_library_default_the_default_one() -> None:
             parse_event(body.replace(b'"library_id":"x"', b'"library_id":' + bad.encode()), ImageUploaded)
     longest = "é" * 255  # characters, not bytes
     assert ImageUploaded(library_id=longest, image_id="1", path="/x").library_id == longest
+
+
+async def test_each_interval_a_periodic_recluster_is_asked_for_each_changed_library_on_its_shard(
+    database: FakeDatabase,
+) -> None:
+    rng = np.random.default_rng(5)
+    photos = {"1.jpg": photo_faces([unit(rng.normal(size=64))])}
+    detection = deps_for(database, photos)
+    uploads = [ImageUploaded(library_id=library, image_id=library, path="1.jpg") for library in ("a", "b")]
+    await handle_images_uploaded(uploads, detection)
+    settings = load_settings().model_copy(update={"model_pack": PACK, "interval_seconds": 0.01})
+    published: list[Envelope[Any]] = []
+
+    class Publisher:
+        async def publish(self, event: Envelope[Any]) -> None:
+            published.append(event)
+
+    timer = asyncio.create_task(_request_reclusters(Publisher(), settings, database.unit_of_work))  # type: ignore[arg-type]
+    try:
+        async with asyncio.timeout(10):
+            while len(published) < 2:  # noqa: ASYNC110 - polls what the fake publisher collected
+                await asyncio.sleep(0.01)
+    finally:
+        timer.cancel()
+    first_round = [event.data for event in published[:2]]
+    assert [(data.library_id, data.reason, data.model_pack) for data in first_round] == [
+        ("a", PERIODIC, PACK),
+        ("b", PERIODIC, PACK),
+    ]
