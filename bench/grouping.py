@@ -1,6 +1,8 @@
-"""Grouping: quality on real LFW embeddings and speed/memory on synthetic ones, against Immich's algorithm.
+"""Grouping: quality on real LFW embeddings and speed/memory on synthetic ones, against Immich's algorithm;
+incremental assignment into a large library stored in PostgreSQL, read cold against the warm copy.
 
     .venv/bin/python bench/grouping.py [--sizes 10000,100000,1000000] [--reference-sizes 10000,100000]
+    .venv/bin/python bench/grouping.py --skip-lfw --sizes '' --incremental 1000,1000000 [--batches 4]
 
 1. LFW (../shared/eval/identity, analysed by the production pipeline, cached in .bench/): BCubed and
    pairwise scores of our full recluster and of Immich's algorithm on the same embeddings, side by side.
@@ -9,16 +11,32 @@
    are far from isotropic); the genuine/impostor cosines of both are printed side by side. Each size runs
    in its own process so the peak memory (RSS, data included) is its own; our full grouping is timed at
    every size, Immich's at the reference sizes.
+3. Incremental assignment (`--incremental`): for each library size, a PostgreSQL database
+   (POSTGRES_ADMIN_DSN, default postgres@127.0.0.1) holding that many synthetic faces, grouped as a
+   recluster would have left them (each identity of two faces or more a person, the others unassigned), stored
+   a day ago. Then batches of 200 new faces (one `faces.detected` each, as the service groups them), timed
+   in `handle_faces_detected` (read, decide, write, commit): once in a process that reads the library from
+   the database for every batch (cold), once in a process with the warm copy (`WarmGroupingReader`, as the
+   service runs: its first batch reads everything, the next ones only what changed). Each in its own
+   process, for its own peak memory; the ratio cold / warm is of the batches after the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import hashlib
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +48,9 @@ from image_grouping.grouping import GroupingInput, GroupingParams, group_faces
 
 EVAL = Path(__file__).resolve().parents[1].parent / "shared" / "eval"
 SPREAD_FILE = Path(".bench/grouping-spread.npz")
+POSTGRES_ADMIN_DSN = os.environ.get("POSTGRES_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PACK = "buffalo_sc"
+BATCH = 200  # faces of one incremental batch (GROUPING_BATCH_SIZE)
 
 
 def real_spread(labels: np.ndarray, embeddings: np.ndarray) -> dict[str, np.ndarray]:
@@ -143,6 +164,218 @@ def lfw_section() -> None:
         print(f"{name:18}" + "".join(f"{scores[key]:>19.4f}" for key in keys) + f"{seconds:>9.2f}")
 
 
+@contextmanager
+def bench_database(label: str) -> Iterator[str]:
+    """An empty PostgreSQL database for one library size; its async URL. Dropped afterwards."""
+    import psycopg2
+
+    name = f"bench_grouping_{label}_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(POSTGRES_ADMIN_DSN)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def library_faces(size: int, batches: int) -> tuple[np.ndarray, np.ndarray]:
+    """The library's `size` faces, then two runs of `batches` batches of new faces (cold, warm)."""
+    with np.load(SPREAD_FILE) as stored:
+        return synthetic(size + 2 * batches * BATCH, dict(stored), seed=7)
+
+
+def _face_row(
+    face_id: int, image_id: int, embedding: np.ndarray, person: int | None, moment: datetime
+) -> tuple:
+    return (
+        face_id, image_id, PACK, 0, 40.0, 40.0, 140.0, 140.0, bytes(40), 0.9, 100.0, 100.0, 0.0, "frontal",
+        None, embedding.astype("<f4").tobytes(), person, "auto", False, moment, moment,
+    )  # fmt: skip
+
+
+_FACE_COLUMNS = [
+    "id", "image_id", "model_pack", "face_index", "box_x1", "box_y1", "box_x2", "box_y2", "landmarks",
+    "det_score", "size_px", "sharpness", "yaw", "pose", "thumbnail_path", "embedding", "person_id",
+    "assigned_by", "added_by_hand", "created_at", "updated_at",
+]  # fmt: skip
+_IMAGE_COLUMNS = ["id", "source_path", "path_key", "status", "model_pack", "created_at", "processed_at"]
+
+
+def _image_row(image_id: int, moment: datetime) -> tuple:
+    path = f"bench/{image_id}.jpg"
+    return (image_id, path, hashlib.sha256(path.encode()).hexdigest(), "done", PACK, moment, moment)
+
+
+async def populate(url: str, size: int, batches: int) -> None:
+    """The library: `size` faces (one photo each) written a day ago, grouped as a recluster leaves them."""
+    import asyncpg
+    from sqlalchemy import make_url
+
+    from image_grouping.storage import ensure_schema
+    from image_grouping.storage.database import engine_for_url
+
+    engine = engine_for_url(make_url(url))
+    await ensure_schema(engine)
+    await engine.dispose()
+    embeddings, labels = library_faces(size, batches)
+    stored = labels[:size]
+    ids, counts = np.unique(stored, return_counts=True)
+    person_of = {int(label): index + 1 for index, label in enumerate(ids[counts >= 2])}
+    moment = datetime.now(UTC) - timedelta(days=1)
+    person_rows = [person_of.get(int(label)) for label in stored]
+    first_face: dict[int, int] = {}
+    for row, person in enumerate(person_rows):
+        if person is not None:
+            first_face.setdefault(person, row + 1)
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await connection.copy_records_to_table(  # persons first: faces refer to them
+            "persons",
+            records=[
+                (person, None, False, first_face[person], moment, moment) for person in person_of.values()
+            ],
+            columns=["id", "name", "hidden", "cover_face_id", "created_at", "updated_at"],
+        )
+        for start in range(0, size, 50_000):
+            rows = range(start, min(start + 50_000, size))
+            await connection.copy_records_to_table(
+                "images", records=[_image_row(row + 1, moment) for row in rows], columns=_IMAGE_COLUMNS
+            )
+            await connection.copy_records_to_table(
+                "faces",
+                records=[
+                    _face_row(row + 1, row + 1, embeddings[row], person_rows[row], moment) for row in rows
+                ],
+                columns=_FACE_COLUMNS,
+            )
+        for table in ("images", "faces", "persons"):
+            await connection.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+            )
+        await connection.execute("VACUUM ANALYZE")
+    finally:
+        await connection.close()
+    print(f"  {size:,} faces stored, {len(person_of):,} persons", file=sys.stderr, flush=True)
+
+
+async def run_batches(url: str, size: int, batches: int, warm: bool) -> dict[str, object]:
+    """Time `batches` incremental batches of 200 new faces each, in this process."""
+    from sqlalchemy import insert, make_url, select
+
+    from image_grouping.handlers.recognition import ColdGroupingReader, GroupingDeps, handle_faces_detected
+    from image_grouping.models.messages import FacesDetected
+    from image_grouping.storage import SqlUnitOfWork
+    from image_grouping.storage.database import engine_for_url
+    from image_grouping.storage.grouping_cache import WarmGroupingReader
+    from image_grouping.storage.schema import faces, images
+
+    embeddings, _ = library_faces(size, batches)
+    first = size + (batches * BATCH if warm else 0)
+    new = embeddings[first : first + batches * BATCH].copy()
+    del embeddings
+    engine = engine_for_url(make_url(url))
+    reader = WarmGroupingReader(max_faces=2 * size + 10_000) if warm else ColdGroupingReader()
+    params = grouping_params(load_settings(), PACK)
+    deps = GroupingDeps(lambda: SqlUnitOfWork(engine), params, PACK, 900.0, reader=reader)
+    seconds, joined = [], 0
+    async with engine.connect() as connection:
+        next_id = (
+            int(
+                (
+                    await connection.execute(select(faces.c.id).order_by(faces.c.id.desc()).limit(1))
+                ).scalar_one()
+            )
+            + 1
+        )
+    for batch in range(batches):
+        moment = datetime.now(UTC)
+        face_ids = list(range(next_id, next_id + BATCH))
+        next_id += BATCH
+        async with engine.begin() as connection:  # what detection commits before it announces the faces
+            await connection.execute(
+                insert(images),
+                [dict(zip(_IMAGE_COLUMNS, _image_row(face_id, moment), strict=True)) for face_id in face_ids],
+            )
+            await connection.execute(
+                insert(faces),
+                [
+                    dict(
+                        zip(
+                            _FACE_COLUMNS,
+                            _face_row(face_id, face_id, new[batch * BATCH + row], None, moment),
+                            strict=True,
+                        )
+                    )
+                    for row, face_id in enumerate(face_ids)
+                ],
+            )
+        event = FacesDetected(image_id=str(face_ids[0]), face_ids=face_ids, face_count=BATCH, model_pack=PACK)
+        started = time.perf_counter()
+        (outcome,) = await handle_faces_detected([event], deps)
+        seconds.append(time.perf_counter() - started)
+        joined += outcome[0].changes["faces_assigned"] if outcome else 0  # type: ignore[index, union-attr]
+    await engine.dispose()
+    return {
+        "seconds": seconds,
+        "assigned": joined,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def incremental_section(sizes: list[int], batches: int) -> None:
+    print(
+        f"\nincremental assignment, batches of {BATCH} new faces, PostgreSQL "
+        f"(cold: the library read for every batch; warm: the copy kept between batches)"
+    )
+    print(
+        f"{'library':>10}{'cold s/batch':>14}{'cold GB':>9}{'warm 1st s':>12}{'warm s/batch':>14}"
+        f"{'warm GB':>9}{'cold/warm':>11}{'assigned c/w':>14}"
+    )
+    for size in sizes:
+        with bench_database(str(size)) as url:
+            subprocess.run(
+                [sys.executable, __file__, "--populate", url, "--one", str(size), "--batches", str(batches)],
+                check=True,
+            )
+            results = {}
+            for mode in ("cold", "warm"):
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--assign",
+                    mode,
+                    url,
+                    "--one",
+                    str(size),
+                    "--batches",
+                    str(batches),
+                ]
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                results[mode] = json.loads(output.strip().splitlines()[-1])
+        cold, warm = results["cold"], results["warm"]
+        cold_batch = statistics.median(cold["seconds"])
+        warm_batch = statistics.median(warm["seconds"][1:])
+        print(
+            f"{size:>10,}{cold_batch:>14.2f}{cold['peak_rss_gb']:>9.2f}{warm['seconds'][0]:>12.2f}"
+            f"{warm_batch:>14.2f}{warm['peak_rss_gb']:>9.2f}{cold_batch / warm_batch:>10.1f}x"
+            f"{cold['assigned']:>7}/{warm['assigned']}",
+            flush=True,
+        )
+        print(
+            f"{'':>10}  per batch: cold {_seconds(cold['seconds'])}; warm {_seconds(warm['seconds'])}",
+            flush=True,
+        )
+
+
+def _seconds(values: list[float]) -> str:
+    return " ".join(f"{value:.2f}" for value in values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,9 +383,20 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--reference-sizes", default="10000,100000")
     parser.add_argument("--skip-lfw", action="store_true", help="Reuse the spread measured last time.")
+    parser.add_argument("--incremental", default="", help="Library sizes for incremental assignment.")
+    parser.add_argument("--batches", type=int, default=4, help="Incremental batches per process.")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--populate", help=argparse.SUPPRESS)  # child: store the library at this URL
+    parser.add_argument("--assign", nargs=2, help=argparse.SUPPRESS)  # child: cold|warm URL
     args = parser.parse_args()
+    if args.populate:
+        asyncio.run(populate(args.populate, args.one, args.batches))
+        return
+    if args.assign:
+        mode, url = args.assign
+        print(json.dumps(asyncio.run(run_batches(url, args.one, args.batches, mode == "warm"))))
+        return
     if args.one:
         print(json.dumps(run_one(args.one, args.reference)))
         return
@@ -163,7 +407,7 @@ def main() -> None:
         f"\n{'faces':>9}{'ours s':>9}{'peak GB':>9}{'BCubed F1':>11}"
         f"{'immich s':>10}{'immich F1':>11}{'speed-up':>10}"
     )
-    for size in (int(size) for size in args.sizes.split(",")):
+    for size in (int(size) for size in args.sizes.split(",") if size):
         command = [sys.executable, __file__, "--one", str(size)] + (
             ["--reference"] if size in references else []
         )
@@ -178,6 +422,8 @@ def main() -> None:
             f"{size:>9}{result['seconds']:>9.1f}{result['peak_rss_gb']:>9.2f}{result['ours_bcubed_f1']:>11.4f}{immich}",
             flush=True,
         )
+    if args.incremental:
+        incremental_section([int(size) for size in args.incremental.split(",")], args.batches)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,9 @@ from image_grouping.grouping.params import pack_defaults
 from image_grouping.handlers.add_face import AddFaceDeps
 from image_grouping.handlers.detection import DetectionDeps
 from image_grouping.handlers.people import PeopleDeps
-from image_grouping.handlers.ports import Analyzer, UnitOfWork, UnitOfWorkFactory
+from image_grouping.handlers.ports import Analyzer, GroupingReader, UnitOfWork, UnitOfWorkFactory
 from image_grouping.handlers.queries import SuggestionParams
-from image_grouping.handlers.recognition import GroupingDeps
+from image_grouping.handlers.recognition import ColdGroupingReader, GroupingDeps
 from image_grouping.models.messages import DEFAULT_LIBRARY
 from image_grouping.packs import pack_info
 from image_grouping.retry import backoff
@@ -45,6 +45,7 @@ from image_grouping.storage import (
 )
 from image_grouping.storage.database import engine_for_url
 from image_grouping.storage.files import ImageFiles
+from image_grouping.storage.grouping_cache import WarmGroupingReader
 from image_grouping.storage.migrations import schema_is_current
 from image_grouping.storage.thumbnails import DryRunThumbnailStore
 from image_grouping.storage.unit_of_work import DryRunUnitOfWork
@@ -113,6 +114,22 @@ class Adapters:
     thumbnails: ThumbnailStore
     files: ImageFiles
     _analyzer: Analyzer | None = None
+    _grouping_reader: GroupingReader | None = None
+
+    @property
+    def grouping_reader(self) -> GroupingReader:
+        """The process's warm copy of the faces grouping reads (one for every shard it consumes)."""
+        if self._grouping_reader is None:
+            settings = self.settings
+            self._grouping_reader = (
+                WarmGroupingReader(
+                    max_faces=settings.grouping_cache_faces,
+                    window_seconds=settings.grouping_cache_window_seconds,
+                )
+                if settings.grouping_cache_faces > 0
+                else ColdGroupingReader()
+            )
+        return self._grouping_reader
 
     @property
     def dry_run(self) -> bool:
@@ -150,6 +167,7 @@ class Adapters:
             model_pack=self.settings.model_pack,
             params_of_pack=lambda model_pack: grouping_params(self.settings, model_pack),
             interval_seconds=self.settings.interval_seconds,
+            reader=self.grouping_reader,
         )
 
     def people_deps(self) -> PeopleDeps:

@@ -281,6 +281,18 @@ class Settings(BaseSettings):
     grouping_exact_search_limit: int = Field(
         default=20_000, ge=1, description="Above this many faces the neighbour search is approximate."
     )
+    grouping_cache_faces: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="Faces the grouping process keeps in memory between batches (2 KB each at 512-d), "
+        "least recently used library dropped first; 0: read them from the database for every batch.",
+    )
+    grouping_cache_window_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Each batch reads again the faces written this long before the previous one: longer than "
+        "a write transaction lasts plus the clock skew between hosts.",
+    )
 
     @field_validator("analysis_workers")
     @classmethod

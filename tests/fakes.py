@@ -440,7 +440,7 @@ class FakePersons(_Repository):
     async def model_packs(self, person_id: int) -> set[str]:
         return {row.model_pack for row in self.state.faces.values() if row.person_id == person_id}
 
-    async def list(self) -> list[PersonRecord]:
+    async def list(self, *, counted: bool = True) -> list[PersonRecord]:
         counts: dict[int, int] = {}
         for row in self.state.faces.values():
             if row.person_id is not None:
@@ -451,7 +451,7 @@ class FakePersons(_Repository):
                 name=values["name"],
                 hidden=values["hidden"],
                 cover_face_id=values["cover_face_id"],
-                face_count=counts.get(person_id, 0),
+                face_count=counts.get(person_id, 0) if counted else 0,
                 created_at=values["created_at"],
                 updated_at=values["updated_at"],
             )

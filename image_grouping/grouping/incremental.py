@@ -21,7 +21,7 @@ from image_grouping.grouping.clustering import (
     attach_by_votes,
     group_faces,
 )
-from image_grouping.grouping.neighbours import Neighbours, search
+from image_grouping.grouping.neighbours import Neighbours, search_among
 from image_grouping.grouping.params import GroupingParams
 
 
@@ -39,18 +39,25 @@ def assign_incrementally(
     Every assigned face is treated as anchored to its person, so the cannot-links apply to person ids.
     """
     new_faces = np.asarray(new_faces, np.int64)
-    assigned = np.flatnonzero(person_ids >= 0)
-    anchored = replace(faces, anchors=np.where(person_ids >= 0, person_ids, faces.anchors))
-    near = _neighbours_among(faces.embeddings, new_faces, assigned, params.neighbours)
+    assigned = person_ids >= 0
+    anchored = replace(faces, anchors=np.where(assigned, person_ids, faces.anchors))
+    # One pass over the faces for both searches: the nearest assigned faces (votes), and the nearest
+    # unassigned ones (new persons), enough of them that the new faces that join a person can be left out
+    # below and k + 1 remain.
+    near, loose = search_among(
+        faces.embeddings,
+        new_faces,
+        [assigned, ~assigned],
+        [params.neighbours, params.neighbours + 1 + len(new_faces)],
+    )
     labels = attach_by_votes(anchored, person_ids, new_faces, near, params)
     # The persons of the new faces' nearest faces are weighed, not every person of the library.
     nearby = np.unique(person_ids[near.indices[near.indices >= 0]])
     labels = attach_by_centroids(anchored, labels, new_faces[labels[new_faces] < 0], params, nearby)
     joined = {int(face): int(labels[face]) for face in new_faces if labels[face] >= 0}
 
-    waiting = new_faces[labels[new_faces] < 0]
-    unassigned = np.flatnonzero(labels < 0)
-    pool = _close_unassigned(faces.embeddings, waiting, unassigned, params)
+    waiting = labels[new_faces] < 0
+    pool = _close_unassigned(new_faces[waiting], loose.take(waiting), labels, params)
     if len(pool) < params.found_min_faces:
         return IncrementalDecision(joined, [])
     subset = GroupingInput(
@@ -77,20 +84,16 @@ def assign_incrementally(
     return IncrementalDecision(joined, founded)
 
 
-def _neighbours_among(embeddings: np.ndarray, queries: np.ndarray, base: np.ndarray, k: int) -> Neighbours:
-    """Each query's k nearest faces among `base` (exact), as indices into `embeddings`."""
-    found = search(embeddings[queries], embeddings[base], k)
-    padded = np.append(base, -1)  # a missing neighbour (-1) maps to the -1 at the end, even with no base
-    indices = padded[np.where(found.indices >= 0, found.indices, len(base))]
-    return Neighbours(indices, found.similarities)
-
-
 def _close_unassigned(
-    embeddings: np.ndarray, waiting: np.ndarray, unassigned: np.ndarray, params: GroupingParams
+    waiting: np.ndarray, loose: Neighbours, labels: np.ndarray, params: GroupingParams
 ) -> np.ndarray:
-    """The waiting faces and the unassigned faces linked to them: where a new person can appear."""
+    """The waiting faces and the unassigned faces linked to them (among each one's k + 1 nearest faces still
+    unassigned; `loose`: its nearest faces unassigned before the batch joined persons): where a new person
+    can appear."""
     if len(waiting) == 0:
         return waiting
-    near = _neighbours_among(embeddings, waiting, unassigned, params.neighbours + 1)
-    linked = near.indices[(near.similarities >= params.link_similarity) & (near.indices >= 0)]
+    still = (loose.indices >= 0) & (labels[np.maximum(loose.indices, 0)] < 0)
+    # Each row's first k + 1 faces still unassigned: the nearest of them, in order.
+    nearest = still & (np.cumsum(still, axis=1) <= params.neighbours + 1)
+    linked = loose.indices[nearest & (loose.similarities >= params.link_similarity)]
     return np.union1d(waiting, linked)

@@ -15,6 +15,7 @@ search is exact (FAISS brute force, BLAS). Above it:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -27,6 +28,7 @@ _SEARCH_DIMENSIONS = 64
 _PCA_TRAINING_FACES = 20_000
 _CANDIDATES_PER_NEIGHBOUR = 2
 _RESCORE_CHUNK = 4_096  # rows re-scored at once: a (chunk, 2k, d) gather
+_SCAN_CHUNK = 65_536  # rows of the base compared with every query at once: one BLAS product
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,10 @@ class Neighbours:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def take(self, rows: np.ndarray) -> Neighbours:
+        """The rows at `rows` (indices or a boolean mask)."""
+        return Neighbours(self.indices[rows], self.similarities[rows])
 
 
 def nearest_neighbours(
@@ -164,3 +170,78 @@ def _pad_columns(indices: np.ndarray, similarities: np.ndarray, k: int) -> Neigh
 
 def _padded(count: int, k: int) -> Neighbours:
     return Neighbours(np.full((count, k), -1, np.int64), np.full((count, k), -np.inf, np.float32))
+
+
+def search_among(
+    embeddings: np.ndarray, queries: np.ndarray, among: Sequence[np.ndarray], ks: Sequence[int]
+) -> list[Neighbours]:
+    """For each mask of `among` (boolean, over the rows of `embeddings`) and its k of `ks`: the exact k
+    nearest rows where the mask is true, of each query row (`queries`: row numbers), as row numbers of
+    `embeddings`, best first.
+
+    For a few hundred queries among a million faces: the rows are compared in blocks as they lie, one
+    matrix product a block for every mask (no copy of the rows searched, as indexing them would make), and
+    a block's similarities are kept only where they beat a query's k-th best so far. The same neighbours
+    as `search(embeddings[queries], embeddings[mask], k)` mapped back to rows, several times faster
+    (FAISS' brute force compares a few hundred queries with the base block by small block).
+    """
+    queries = np.asarray(queries, np.int64)
+    found = [_Best(len(queries), k) for k in ks]
+    if len(queries) == 0:
+        return [best.neighbours() for best in found]
+    vectors = np.ascontiguousarray(embeddings[queries], np.float32)
+    for start in range(0, len(embeddings), _SCAN_CHUNK):
+        stop = min(start + _SCAN_CHUNK, len(embeddings))
+        wanted = [mask[start:stop] for mask in among]
+        if not any(mask.any() for mask in wanted):
+            continue
+        similarities = vectors @ embeddings[start:stop].T  # (queries, block)
+        for best, mask in zip(found, wanted, strict=True):
+            if best.k > 0 and mask.any():
+                best.add(similarities, mask, start)
+    return [best.neighbours() for best in found]
+
+
+class _Best:
+    """Each query's k most similar rows so far."""
+
+    def __init__(self, count: int, k: int) -> None:
+        self.count, self.k = count, k
+        self.rows = np.full((count, k), -1, np.int64)
+        self.similarities = np.full((count, k), -np.inf, np.float32)
+
+    def neighbours(self) -> Neighbours:
+        return Neighbours(self.rows, self.similarities)
+
+    def add(self, similarities: np.ndarray, wanted: np.ndarray, start: int) -> None:
+        """Merge a block's similarities (columns: rows `start`...; only the `wanted` ones count)."""
+        count, k = self.count, self.k
+        threshold = self.similarities[:, -1]
+        hits = (similarities > threshold[:, None]) & wanted[None, :]
+        if np.count_nonzero(hits) > 4 * k * count:  # the first blocks: each query's k best of the block
+            masked = np.where(wanted[None, :], similarities, -np.inf)
+            width = min(k, masked.shape[1])
+            top = np.argpartition(-masked, width - 1, axis=1)[:, :width]
+            query_of, column = np.repeat(np.arange(count), width), top.ravel()
+            beats = masked[query_of, column] > threshold[query_of]
+            query_of, column = query_of[beats], column[beats]
+        else:
+            query_of, column = np.nonzero(hits)
+        if len(query_of) == 0:
+            return
+        # Each query's k best of what it had and what this block adds: sorted by query, then similarity
+        # (best first), then row (the lower first, a stable order for equal similarities).
+        held = np.isfinite(self.similarities)
+        candidates_query = np.concatenate([np.nonzero(held)[0], query_of])
+        candidates_row = np.concatenate([self.rows[held], column + start])
+        candidates = np.concatenate([self.similarities[held], similarities[query_of, column]])
+        order = np.lexsort((candidates_row, -candidates, candidates_query))
+        candidates_query, candidates_row = candidates_query[order], candidates_row[order]
+        candidates = candidates[order]
+        first = np.searchsorted(candidates_query, np.arange(count))
+        rank = np.arange(len(order)) - first[candidates_query]
+        kept = rank < k
+        self.rows.fill(-1)
+        self.similarities.fill(-np.inf)
+        self.rows[candidates_query[kept], rank[kept]] = candidates_row[kept]
+        self.similarities[candidates_query[kept], rank[kept]] = candidates[kept]

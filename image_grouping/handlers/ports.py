@@ -8,6 +8,8 @@ message, in their order: the events to publish for it, or the `BadInputError` th
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -77,6 +79,17 @@ class FaceStore(Protocol):
     async def in_other_library(self, face_id: int) -> bool: ...
 
     async def count_in_library(self) -> int: ...
+    # What a warm copy of a pack's faces (GroupingReader) reads to catch up; versions are each face's
+    # updated_at in microseconds since the epoch (UTC).
+    async def load_versioned(
+        self, model_pack: str, face_ids: Sequence[int] | None = None
+    ) -> tuple[FaceSet, np.ndarray]: ...
+
+    async def versions_since(self, model_pack: str, since: datetime) -> tuple[np.ndarray, np.ndarray]: ...
+
+    async def count_groupable(self, model_pack: str) -> int: ...
+
+    async def groupable_ids(self, model_pack: str) -> np.ndarray: ...
 
     async def set_persons(self, assignments: Mapping[int, int | None]) -> int: ...
 
@@ -118,7 +131,7 @@ class FaceStore(Protocol):
 
 
 class PersonStore(Protocol):
-    async def list(self) -> list[PersonRecord]: ...
+    async def list(self, *, counted: bool = True) -> list[PersonRecord]: ...
 
     async def in_other_library(self, person_id: int) -> bool: ...
 
@@ -236,6 +249,33 @@ def in_library(unit_of_work: UnitOfWorkFactory, library_id: str) -> UnitOfWorkFa
         return unit_of_work(library)
 
     return scoped
+
+
+@dataclass(frozen=True)
+class GroupingRows:
+    """What grouping reads of a library's model pack: its groupable faces (all but those taken out of a
+    person by hand, who stay unassigned), ordered by id; every person (its `updated_at` is the version
+    grouping's write compares); the cannot-links."""
+
+    faces: FaceSet
+    persons: list[PersonRecord]
+    cannot_links: list[tuple[int, int]]
+
+
+class GroupingSource(Protocol):
+    async def read(self, uow: UnitOfWork, *, fresh: bool) -> GroupingRows:
+        """The pack's rows as the database has them now, read in `uow`; `fresh`: from scratch (a recluster,
+        which rewrites much of the pack), else a warm copy may be brought up to date."""
+        ...
+
+
+class GroupingReader(Protocol):
+    """Where grouping reads its rows: from the database each time, or from a warm copy brought up to date."""
+
+    def hold(self, library_id: str, model_pack: str) -> AbstractAsyncContextManager[GroupingSource]:
+        """The source of the library's rows of the pack (read in a unit of work of that library); what it
+        reads stays valid (a warm copy is not changed) until the block ends."""
+        ...
 
 
 class Analyzer(Protocol):

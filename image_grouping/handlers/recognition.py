@@ -8,7 +8,8 @@ and returns `persons.updated` with what it wrote.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +26,15 @@ from image_grouping.grouping import (
     map_groups_to_persons,
     reliable_faces,
 )
-from image_grouping.handlers.ports import Clock, Outcome, UnitOfWork, UnitOfWorkFactory
+from image_grouping.handlers.ports import (
+    Clock,
+    GroupingReader,
+    GroupingRows,
+    GroupingSource,
+    Outcome,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from image_grouping.models.messages import (
     DEFAULT_LIBRARY,
     PERIODIC,
@@ -49,6 +58,30 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class ColdGroupingReader:
+    """`GroupingReader` that reads everything from the database each time."""
+
+    @asynccontextmanager
+    async def hold(self, library_id: str, model_pack: str) -> AsyncIterator[GroupingSource]:
+        yield _ColdSource(model_pack)
+
+
+@dataclass(frozen=True)
+class _ColdSource:
+    model_pack: str
+
+    async def read(self, uow: UnitOfWork, *, fresh: bool) -> GroupingRows:
+        return await read_rows(uow, self.model_pack)
+
+
+async def read_rows(uow: UnitOfWork, model_pack: str) -> GroupingRows:
+    """The rows for grouping of the pack and of `uow`'s library, read in `uow`."""
+    faces = await uow.faces.load_for_grouping(model_pack)
+    return GroupingRows(
+        faces.take(faces.groupable()), await uow.persons.list(counted=False), await uow.faces.cannot_links()
+    )
+
+
 @dataclass(frozen=True)
 class GroupingDeps:
     unit_of_work: UnitOfWorkFactory
@@ -59,6 +92,8 @@ class GroupingDeps:
     # The thresholds of another pack's faces (each pack's embeddings have their own similarity scale);
     # None: `params` for every pack.
     params_of_pack: Callable[[str], GroupingParams] | None = None
+    # Where the faces are read: the process's warm copy (bootstrap) or the database each time.
+    reader: GroupingReader = field(default_factory=ColdGroupingReader)
 
     def params_for(self, model_pack: str) -> GroupingParams:
         if self.params_of_pack is None or model_pack == self.model_pack:
@@ -85,7 +120,12 @@ async def handle_faces_detected(events: Sequence[FacesDetected], deps: GroupingD
             for face in event.face_ids
         ]
         changes = await assign_new_faces(
-            deps.unit_of_work, face_ids, model_pack, deps.params_for(model_pack), library_id=library_id
+            deps.unit_of_work,
+            face_ids,
+            model_pack,
+            deps.params_for(model_pack),
+            library_id=library_id,
+            reader=deps.reader,
         )
         outcomes[index] = [
             PersonsUpdated(library_id=library_id, model_pack=model_pack, changes=changes.to_event_data())
@@ -111,7 +151,11 @@ async def handle_recluster_requested(
             outcomes.append([])
             continue
         changes = await recluster_all(
-            deps.unit_of_work, model_pack, deps.params_for(model_pack), library_id=library_id
+            deps.unit_of_work,
+            model_pack,
+            deps.params_for(model_pack),
+            library_id=library_id,
+            reader=deps.reader,
         )
         outcomes.append(
             [PersonsUpdated(library_id=library_id, model_pack=model_pack, changes=changes.to_event_data())]
@@ -159,12 +203,9 @@ class _Snapshot:
     grouping: GroupingInput
 
 
-async def _read(uow: UnitOfWork, model_pack: str, params: GroupingParams) -> _Snapshot:
-    faces = await uow.faces.load_for_grouping(model_pack)
-    persons = await uow.persons.list()
-    subset = faces.take(_groupable(faces))
+def _snapshot(rows: GroupingRows, params: GroupingParams) -> _Snapshot:
     return _Snapshot(
-        subset, persons, _grouping_input(subset, persons, await uow.faces.cannot_links(), params)
+        rows.faces, rows.persons, _grouping_input(rows.faces, rows.persons, rows.cannot_links, params)
     )
 
 
@@ -175,28 +216,30 @@ async def assign_new_faces(
     params: GroupingParams,
     *,
     library_id: str = DEFAULT_LIBRARY,
+    reader: GroupingReader | None = None,
 ) -> PersonChanges:
     """Put newly detected faces of a library into its existing persons where the evidence is strong; found
-    tight new groups. Reads, decides, then writes and commits what is still as it read it."""
+    tight new groups. Reads (a warm copy brought up to date, with `reader`), decides, then writes and
+    commits what is still as it read it."""
     changes = PersonChanges(model_pack=model_pack, kind="incremental")
-    async with unit_of_work(library_id) as uow:
-        snapshot = await _read(uow, model_pack, params)
-    subset = snapshot.faces
-    index_of = {face_id: row for row, face_id in enumerate(subset.face_ids.tolist())}
-    new = np.array(sorted({index_of[face_id] for face_id in face_ids if face_id in index_of}), np.int64)
-    new = new[subset.person_ids[new] < 0] if len(new) else new
-    if len(new) == 0:
-        return changes
-    decision = assign_incrementally(snapshot.grouping, subset.person_ids, new, params)
-    final = subset.person_ids.copy()
-    for row, person in decision.joined.items():
-        final[row] = person
-    founded = [NEW_PERSON - group for group in range(len(decision.founded))]
-    for placeholder, members in zip(founded, decision.founded, strict=True):
-        final[members] = placeholder
-    async with unit_of_work(library_id) as uow:
-        await _write(uow, snapshot, final, founded, changes)
-        await uow.commit()
+    async with (reader or ColdGroupingReader()).hold(library_id, model_pack) as source:
+        async with unit_of_work(library_id) as uow:
+            snapshot = _snapshot(await source.read(uow, fresh=False), params)
+        subset = snapshot.faces
+        new = _rows_of(subset.face_ids, face_ids)
+        new = new[subset.person_ids[new] < 0] if len(new) else new
+        if len(new) == 0:
+            return changes
+        decision = assign_incrementally(snapshot.grouping, subset.person_ids, new, params)
+        final = subset.person_ids.copy()
+        for row, person in decision.joined.items():
+            final[row] = person
+        founded = [NEW_PERSON - group for group in range(len(decision.founded))]
+        for placeholder, members in zip(founded, decision.founded, strict=True):
+            final[members] = placeholder
+        async with unit_of_work(library_id) as uow:
+            await _write(uow, snapshot, final, founded, changes)
+            await uow.commit()
     log.info(
         "new faces grouped",
         faces=len(new),
@@ -207,38 +250,47 @@ async def assign_new_faces(
     return changes
 
 
+def _rows_of(face_ids: np.ndarray, wanted: Sequence[int]) -> np.ndarray:
+    """The sorted rows of `face_ids` (sorted) that hold the `wanted` faces; those absent are left out."""
+    rows = _rows_or_absent(face_ids, np.unique(np.asarray(wanted, np.int64)))
+    return rows[rows >= 0]
+
+
 async def recluster_all(
     unit_of_work: UnitOfWorkFactory,
     model_pack: str,
     params: GroupingParams,
     *,
     library_id: str = DEFAULT_LIBRARY,
+    reader: GroupingReader | None = None,
 ) -> PersonChanges:
     """Regroup every face of the library and the pack, keeping person ids (largest overlap) and every
-    manual edit, including those committed while it computes. Reads, decides, then writes and commits."""
+    manual edit, including those committed while it computes. Reads (from scratch), decides, then writes
+    and commits."""
     changes = PersonChanges(model_pack=model_pack, kind="recluster")
-    async with unit_of_work(library_id) as uow:
-        run_id = await uow.runs.start("recluster", model_pack)
-        snapshot = await _read(uow, model_pack, params)
-        await uow.commit()  # the run is seen as running while it computes
-    try:
-        labels = group_faces(snapshot.grouping, params).labels
-        plan = map_groups_to_persons(
-            labels,
-            snapshot.faces.person_ids,
-            snapshot.grouping.pinned,
-            snapshot.grouping.anchors,
-            snapshot.grouping.forbidden,
-            [person.id for person in snapshot.persons],
-            min_faces=params.min_faces,
-        )
+    async with (reader or ColdGroupingReader()).hold(library_id, model_pack) as source:
         async with unit_of_work(library_id) as uow:
-            await _write(uow, snapshot, plan.person_ids.copy(), plan.new_persons, changes, plan)
-            await uow.runs.finish(run_id, changes.to_event_data())
-            await uow.commit()
-    except BaseException:
-        await _record_failed_run(unit_of_work, run_id, model_pack, library_id)
-        raise
+            run_id = await uow.runs.start("recluster", model_pack)
+            snapshot = _snapshot(await source.read(uow, fresh=True), params)
+            await uow.commit()  # the run is seen as running while it computes
+        try:
+            labels = group_faces(snapshot.grouping, params).labels
+            plan = map_groups_to_persons(
+                labels,
+                snapshot.faces.person_ids,
+                snapshot.grouping.pinned,
+                snapshot.grouping.anchors,
+                snapshot.grouping.forbidden,
+                [person.id for person in snapshot.persons],
+                min_faces=params.min_faces,
+            )
+            async with unit_of_work(library_id) as uow:
+                await _write(uow, snapshot, plan.person_ids.copy(), plan.new_persons, changes, plan)
+                await uow.runs.finish(run_id, changes.to_event_data())
+                await uow.commit()
+        except BaseException:
+            await _record_failed_run(unit_of_work, run_id, model_pack, library_id)
+            raise
     log.info(
         "recluster done",
         created=len(changes.created),
@@ -307,20 +359,19 @@ async def _write(
 
     empty_new = await uow.persons.delete_empty(created)  # all their faces were edited meanwhile
     changes.created = [person for person in changes.created if person not in empty_new]
-    row_of = {face_id: row for row, face_id in enumerate(faces.face_ids.tolist())}
 
-    async def new_cover_if_gone(person_id: int, cover_face_id: int, version: datetime | None) -> None:
-        """A new cover when the cover face left the person; on an existing person, only while it is as
-        read (`version`): a cover chosen meanwhile stays."""
-        row = row_of.get(cover_face_id)
-        if row is None or effective[row] == person_id:
-            return
-        members = np.flatnonzero(effective == person_id)
-        cover = _cover_face(faces, reliable, members) if len(members) else None
-        await uow.persons.set_cover(person_id, cover, expected_updated_at=version)
+    async def new_covers_if_gone(covers: Sequence[tuple[int, int, datetime | None]]) -> None:
+        """A new cover for each (person, cover face, version) whose cover face left the person; on an
+        existing person, only while it is as read (`version`): a cover chosen meanwhile stays."""
+        rows = _rows_or_absent(faces.face_ids, np.array([cover for _, cover, _ in covers], np.int64))
+        for (person_id, _, version), row in zip(covers, rows.tolist(), strict=True):
+            if row < 0 or effective[row] == person_id:
+                continue
+            members = np.flatnonzero(effective == person_id)
+            cover = _cover_face(faces, reliable, members) if len(members) else None
+            await uow.persons.set_cover(person_id, cover, expected_updated_at=version)
 
-    for person, cover in zip(changes.created, [created[person] for person in changes.created], strict=True):
-        await new_cover_if_gone(person, cover, None)
+    await new_covers_if_gone([(person, created[person], None) for person in changes.created])
     gone: set[int] = set()
     if plan is not None:
         vanished = {source for source, _ in plan.merged} | set(plan.emptied)
@@ -332,14 +383,22 @@ async def _write(
         changes.merged = [(source, target) for source, target in plan.merged if source in gone]
         changes.emptied = [person for person in plan.emptied if person in gone]
         await uow.persons.delete_unchanged_empty({person: seen[person] for person in gone})
-    for record in snapshot.persons:
-        if record.id not in gone and record.cover_face_id is not None:
-            await new_cover_if_gone(record.id, record.cover_face_id, record.updated_at)
+    await new_covers_if_gone(
+        [
+            (record.id, record.cover_face_id, record.updated_at)
+            for record in snapshot.persons
+            if record.id not in gone and record.cover_face_id is not None
+        ]
+    )
 
 
-def _groupable(faces: FaceSet) -> np.ndarray:
-    """Faces grouping may look at: all but those taken out of a person by hand (they stay unassigned)."""
-    return ~(faces.manual & (faces.person_ids < 0))
+def _rows_or_absent(face_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The row of each `wanted` face in `face_ids` (sorted), -1 where it is absent: no dictionary of a
+    million faces per batch."""
+    rows = np.searchsorted(face_ids, wanted)
+    found = rows < len(face_ids)
+    found[found] = face_ids[rows[found]] == wanted[found]
+    return np.where(found, rows, -1)
 
 
 def _grouping_input(
@@ -348,11 +407,11 @@ def _grouping_input(
     """Hand-assigned faces and faces of named persons are anchored to their person; refusals by row."""
     named = np.array([person.id for person in persons if person.name], np.int64)
     anchored = (faces.person_ids >= 0) & (faces.manual | np.isin(faces.person_ids, named))
-    row_of = {face_id: row for row, face_id in enumerate(faces.face_ids.tolist())}
+    link_rows = _rows_or_absent(faces.face_ids, np.array([face for face, _ in cannot_links], np.int64))
     forbidden: dict[int, set[int]] = {}
-    for face_id, person_id in cannot_links:
-        if face_id in row_of:
-            forbidden.setdefault(row_of[face_id], set()).add(person_id)
+    for row, (_, person_id) in zip(link_rows.tolist(), cannot_links, strict=True):
+        if row >= 0:
+            forbidden.setdefault(row, set()).add(person_id)
     return GroupingInput(
         embeddings=faces.embeddings,
         image_ids=faces.image_ids,

@@ -70,6 +70,10 @@ class FaceSet:
     def __len__(self) -> int:
         return len(self.face_ids)
 
+    def groupable(self) -> np.ndarray:
+        """Faces grouping may look at: all but those taken out of a person by hand (they stay unassigned)."""
+        return ~(self.manual & (self.person_ids < 0))
+
     def take(self, rows: np.ndarray) -> FaceSet:
         """The faces at `rows` (indices or a boolean mask), every array alike."""
         return FaceSet(**{field.name: getattr(self, field.name)[rows] for field in fields(self)})

@@ -318,3 +318,23 @@ def test_a_recluster_joins_one_persons_two_groups_that_no_pair_of_faces_could_jo
     labels = group_faces(faces_of(embeddings), PARAMS).labels
     assert labels[0] >= 0
     assert (labels == labels[0]).all()
+
+
+@pytest.mark.parametrize(("count", "k"), [(0, 4), (7, 16), (3_000, 16), (140_000, 17)])
+def test_the_search_among_rows_finds_the_neighbours_of_the_brute_force_search(count: int, k: int) -> None:
+    """Incremental assignment's search (blocks of the rows as they lie, masks instead of copies) returns
+    the same rows, in the same order, as FAISS' brute force over the rows of each mask."""
+    from image_grouping.grouping.neighbours import search, search_among
+
+    rng = np.random.default_rng(count)
+    embeddings = rng.standard_normal((count, 64)).astype(np.float32)
+    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-6)
+    assigned = rng.random(count) < 0.7
+    queries = rng.choice(count, min(count, 150), replace=False)
+    found = search_among(embeddings, queries, [assigned, ~assigned], [k, 2 * k])
+    for mask, width, neighbours in zip([assigned, ~assigned], [k, 2 * k], found, strict=True):
+        rows = np.flatnonzero(mask)
+        brute = search(embeddings[queries], embeddings[rows], width)
+        expected = np.append(rows, -1)[np.where(brute.indices >= 0, brute.indices, len(rows))]
+        np.testing.assert_array_equal(neighbours.indices, expected)
+        np.testing.assert_allclose(neighbours.similarities, brute.similarities, atol=1e-5)

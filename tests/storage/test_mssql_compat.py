@@ -7,6 +7,7 @@ then each one is compiled with the mssql dialect and checked.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,11 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
         await uow.faces.set_persons({face_ids[0]: None})
         await uow.faces.load_for_grouping(PACK)
         await uow.faces.load_by_ids(face_ids)
+        await uow.faces.load_versioned(PACK)
+        await uow.faces.load_versioned(PACK, face_ids)  # the warm copy's reads (more ids than one IN list)
+        await uow.faces.versions_since(PACK, datetime.now(UTC) - timedelta(minutes=5))
+        await uow.faces.count_groupable(PACK)
+        await uow.faces.groupable_ids(PACK)
         await uow.faces.assign_by_hand(face_ids[1], persons[0])
         await uow.faces.remove_from_person(face_ids[2])
         await uow.images.analysed_by_other_pack("other_pack", PACK, 0, 10)
@@ -79,6 +85,7 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
         await uow.faces.thumbnails(persons[0], 5)
         await uow.faces.thumbnails(None, 5, model_pack=PACK)
         await uow.persons.list()
+        await uow.persons.list(counted=False)
         await _exercise_every_view(uow, image.id, persons, face_ids)
         await _exercise_every_edit(uow, image.id, persons, face_ids, [each.id for each in registered])
         await uow.persons.rename(persons[0], "Dana")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import structlog
-from sqlalchemy import Row, bindparam, delete, exists, func, insert, select, update
+from sqlalchemy import Row, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.records import FaceEdit, FaceRecord, FaceSet
@@ -38,6 +38,20 @@ _GROUPING_COLUMNS = (
     faces.c.sharpness,
     faces.c.yaw,
 )
+
+
+# Grouping looks at every face but those taken out of a person by hand (they stay unassigned): the rule of
+# `FaceSet.groupable`, in SQL, for a warm copy's counts.
+_GROUPABLE = or_(faces.c.assigned_by != BY_HAND, faces.c.person_id.is_not(None))
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def microseconds(moment: datetime) -> int:
+    """A stored time as an exact integer (SQLite gives it without its offset: every time stored is UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def _face_set(rows: Sequence[Sequence[Any]]) -> FaceSet:
@@ -114,6 +128,56 @@ class FaceRepository:
         """Whether the face exists, in another library than this one."""
         query = select(faces.c.id).where(faces.c.id == face_id, faces.c.library_id != self._library)
         return (await self._connection.execute(query)).first() is not None
+
+    async def load_versioned(
+        self, model_pack: str, face_ids: Sequence[int] | None = None
+    ) -> tuple[FaceSet, np.ndarray]:
+        """The library's faces of the pack (all, or those of `face_ids` that exist), ordered by id, as
+        `load_for_grouping` gives them, and each one's version: its updated_at in microseconds."""
+        columns = (*_GROUPING_COLUMNS, faces.c.updated_at)
+        query = (
+            select(*columns)
+            .where(faces.c.library_id == self._library, faces.c.model_pack == model_pack)
+            .order_by(faces.c.id)
+        )
+        if face_ids is None:
+            rows = (await self._connection.execute(query)).all()
+        else:
+            rows = []
+            for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
+                rows.extend((await self._connection.execute(query.where(faces.c.id.in_(chunk)))).all())
+        versions = np.array([microseconds(row[-1]) for row in rows], np.int64)
+        return _face_set([row[:-1] for row in rows]), versions
+
+    async def versions_since(self, model_pack: str, since: datetime) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, versions) of the library's faces of the pack written at or after `since` (by the writer's
+        clock)."""
+        query = select(faces.c.id, faces.c.updated_at).where(
+            faces.c.library_id == self._library, faces.c.model_pack == model_pack, faces.c.updated_at >= since
+        )
+        rows = (await self._connection.execute(query)).all()
+        return (
+            np.array([row.id for row in rows], np.int64),
+            np.array([microseconds(row.updated_at) for row in rows], np.int64),
+        )
+
+    async def count_groupable(self, model_pack: str) -> int:
+        """How many of the library's faces of the pack grouping looks at."""
+        query = (
+            select(func.count())
+            .select_from(faces)
+            .where(faces.c.library_id == self._library, faces.c.model_pack == model_pack, _GROUPABLE)
+        )
+        return int((await self._connection.execute(query)).scalar_one())
+
+    async def groupable_ids(self, model_pack: str) -> np.ndarray:
+        """The ids of the library's faces of the pack grouping looks at, sorted."""
+        query = (
+            select(faces.c.id)
+            .where(faces.c.library_id == self._library, faces.c.model_pack == model_pack, _GROUPABLE)
+            .order_by(faces.c.id)
+        )
+        return np.array((await self._connection.execute(query)).scalars().all(), np.int64)
 
     async def load_by_ids(self, face_ids: Iterable[int]) -> FaceSet:
         """These faces (those that exist), ordered by id."""

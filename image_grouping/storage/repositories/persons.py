@@ -26,6 +26,18 @@ from image_grouping.storage.schema import (
 log = structlog.get_logger(__name__)
 
 
+def _record(row: Any, face_count: int) -> PersonRecord:
+    return PersonRecord(
+        id=row.id,
+        name=row.name,
+        hidden=bool(row.hidden),
+        cover_face_id=row.cover_face_id,
+        face_count=face_count,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
 class PersonRepository:
     """The persons of one library: a person of another library is not found by any of these."""
 
@@ -61,7 +73,12 @@ class PersonRepository:
         await self.delete(ids)
         return ids
 
-    async def list(self) -> list[PersonRecord]:
+    async def list(self, *, counted: bool = True) -> list[PersonRecord]:
+        """Every person of the library, by id; `counted` False: without counting their faces (face_count 0),
+        a count over every face that grouping, which reads the persons for each batch, has no use for."""
+        if not counted:
+            query = select(persons).where(persons.c.library_id == self._library).order_by(persons.c.id)
+            return [_record(row, 0) for row in await self._connection.execute(query)]
         return await self._records()
 
     async def _records(self, *person_ids: int) -> list[PersonRecord]:
@@ -83,18 +100,7 @@ class PersonRepository:
             .where(chosen)
             .order_by(persons.c.id)
         )
-        return [
-            PersonRecord(
-                id=row.id,
-                name=row.name,
-                hidden=bool(row.hidden),
-                cover_face_id=row.cover_face_id,
-                face_count=row.face_count,
-                created_at=row.created_at,
-                updated_at=row.updated_at,
-            )
-            for row in await self._connection.execute(query)
-        ]
+        return [_record(row, row.face_count) for row in await self._connection.execute(query)]
 
     async def create(self, cover_face_id: int | None = None, name: str | None = None) -> int:
         moment = now()
