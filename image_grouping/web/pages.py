@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from image_grouping.bootstrap import suggestion_params
 from image_grouping.handlers import queries
 from image_grouping.models.views import PersonSummary
-from image_grouping.web.api import MAX_ID, LibraryAdapters, adapters
+from image_grouping.web.api import MAX_ID, LibraryAdapters
 from image_grouping.web.app import TOKEN_COOKIE, refuse_cross_site, require_sign_in, templates
 
 PERSONS_PER_PAGE = 100
@@ -28,7 +28,13 @@ MERGE_SUGGESTIONS_SHOWN = 50
 router = APIRouter(include_in_schema=False)
 signed_in = [Depends(require_sign_in)]
 
-Deps = Annotated[LibraryAdapters, Depends(adapters)]
+
+def served_library(request: Request) -> LibraryAdapters:
+    """The pages show the library `serve --library` names (their links and calls name none)."""
+    return LibraryAdapters(request.app.state.adapters, request.app.state.library)
+
+
+Deps = Annotated[LibraryAdapters, Depends(served_library)]
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 PageNumber = Annotated[int, Query(ge=1, le=10**9)]
 

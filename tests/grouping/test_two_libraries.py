@@ -36,6 +36,7 @@ from image_grouping.models.messages import (
     PERIODIC,
     AssignFace,
     FacesDetected,
+    ForgetPerson,
     ImageUploaded,
     LibraryDeleted,
     LibraryErased,
@@ -46,7 +47,16 @@ from image_grouping.models.messages import (
 )
 from image_grouping.models.records import ImageResult
 from image_grouping.storage import SqlUnitOfWork
-from image_grouping.storage.schema import face_edits, faces, images, persons, recluster_runs
+from image_grouping.storage.schema import (
+    cannot_links,
+    face_edits,
+    face_tombstones,
+    faces,
+    images,
+    person_merges,
+    persons,
+    recluster_runs,
+)
 from image_grouping.vision import FaceAnalyzer
 
 pytestmark = pytest.mark.slow
@@ -235,25 +245,35 @@ async def test_the_same_people_in_two_libraries_are_grouped_and_edited_apart(
         libraries_of = await _persons_of_faces(engine)
         assert all(len(libraries) == 1 for libraries in libraries_of.values())
 
-        # Deleting a library erases all of it; the other stays as it was.
+        # Deleting a library erases all of it; the other stays as it was. First a person forgotten (its
+        # faces leave tombstones), beside the refusal, the edits and the merge above.
+        forget = ForgetPerson(library_id=ALICE, person_id=sorted(own[ALICE])[2])
+        (outcome,) = await people.handle_forget_person([forget], people_deps)
+        assert isinstance(outcome, list), outcome
         before_b = await _state(engine, BOB)
+        kept_apart = (cannot_links, face_edits, person_merges, face_tombstones)  # only alice's so far
         async with engine.connect() as connection:
             thumbnails = (
                 await connection.scalars(select(faces.c.thumbnail_path).where(faces.c.library_id == ALICE))
             ).all()
+            face_count = await connection.scalar(select(func.count()).where(faces.c.library_id == ALICE))
+            for table in kept_apart:
+                assert await connection.scalar(select(func.count()).select_from(table)) > 0, table.name
         erase = LibraryDeleted(library_id=ALICE)
         (outcome,) = await people.handle_library_deleted([erase], people_deps)
         assert isinstance(outcome, list)
         (erased,) = outcome
         assert isinstance(erased, LibraryErased)
-        assert (erased.image_count, erased.face_count) == (len(photos), sum(e.face_count for e in detected_a))
-        assert erased.person_count >= len(own[ALICE]) - 1  # one was merged away
+        assert (erased.image_count, erased.face_count) == (len(photos), face_count)
+        assert erased.person_count >= len(own[ALICE]) - 2  # one was merged away, one forgotten
         async with engine.connect() as connection:
             for table in (images, faces, persons, recluster_runs):
                 left = await connection.scalar(
                     select(func.count()).select_from(table).where(table.c.library_id == ALICE)
                 )
                 assert left == 0, table.name
+            for table in kept_apart:
+                assert await connection.scalar(select(func.count()).select_from(table)) == 0, table.name
             names = (await connection.execute(select(persons.c.name).where(persons.c.name == "Ann"))).all()
         assert names == []
         assert thumbnails

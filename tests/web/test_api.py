@@ -607,3 +607,9 @@ def test_serve_library_is_the_library_of_a_request_that_names_none(library: Libr
         assert client.get("/api/persons").json()["total"] == 0
         refused(client.get(f"/api/persons/{library.ada}"), 403, "other_library")
         assert client.get(f"/api/persons/{library.ada}", params={"library": "default"}).status_code == 200
+        page = client.get("/")  # the pages: the served library, whatever a request names
+        assert page.status_code == 200
+        assert "Ada" not in page.text
+        assert "Ada" not in client.get("/", params={"library": "default"}).text
+    with TestClient(create_app(library.settings)) as client:
+        assert "Ada" in client.get("/").text
