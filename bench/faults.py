@@ -1,9 +1,10 @@
 """Nothing lost, nothing duplicated: the detection service under crashes, a broker restart, a database
 outage and bad input.
 
-    .venv/bin/python bench/faults.py --count 2000
+    .venv/bin/python bench/faults.py --count 2000 [--libraries 4]
 
-Publishes `--count` uploads of real photos, `--bad-share` of them bad input of every kind (malformed
+Publishes `--count` uploads of real photos, spread over `--libraries` libraries (upload i of library
+i mod N), `--bad-share` of them bad input of every kind (malformed
 JSON, a wrong schema version, a missing image, a corrupt image, an image bomb, a path outside the images
 root), while at random moments of the run the worker is killed with SIGKILL three times and restarted,
 RabbitMQ's app is stopped and started once, and PostgreSQL is stopped for 20 s. Both services are ALWAYS
@@ -12,10 +13,10 @@ use them), point it at a PostgreSQL cluster and a RabbitMQ node of its own: POST
 BENCH_POSTGRES_CLUSTER (default main), BENCH_RABBITMQ_URL and BENCH_RABBITMQ_NODE (rabbitmqctl -n).
 
 After the queue drains it checks and prints:
-every good image has exactly one set of faces, every bad message is in the dead-letter queue with its
-reason, nothing is lost or duplicated (dead letters, like all publishes, are at-least-once: a fault
-between the broker storing one and the service seeing the confirm leaves an identical copy with the
-same message id, which the script counts apart). Exit status 0 when all checks hold.
+every good image has exactly one set of faces, in its own library, every bad message is in the dead-letter
+queue with its reason, nothing is lost or duplicated (dead letters, like all publishes, are at-least-once:
+a fault between the broker storing one and the service seeing the confirm leaves an identical copy with
+the same message id, which the script counts apart). Exit status 0 when all checks hold.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
     )
 
 
-def bad_body(kind: str, key: str, harness: Harness) -> bytes:
+def bad_body(kind: str, key: str, harness: Harness, library: str) -> bytes:
     if kind == "malformed_json":
         return b'{"specversion": "1.0", "id": '
     paths = {
@@ -98,7 +99,8 @@ def bad_body(kind: str, key: str, harness: Harness) -> bytes:
         "image_bomb": harness.add_bytes(f"{key}.png", png_bomb()),
         "outside_root": "//fileserver/photos/../../../etc/passwd",
     }
-    envelope = json.loads(new_event(ImageUploaded(image_id=key, path=paths[kind])).to_json())
+    upload = ImageUploaded(image_id=key, path=paths[kind], library_id=library)
+    envelope = json.loads(new_event(upload).to_json())
     if kind == "wrong_version":
         envelope["dataversion"] = 2
     return json.dumps(envelope).encode()
@@ -156,23 +158,29 @@ async def dead_letters(bus: Bus) -> list[tuple[str, str]]:
     return letters
 
 
-async def stored_faces(harness: Harness) -> dict[str, tuple[str, list[int]]]:
-    """source id -> (status, face indexes) of every image row."""
+async def stored_faces(harness: Harness) -> tuple[dict[str, tuple[str, list[int]]], dict[str, set[str]]]:
+    """source id -> (status, face indexes) of every image row; source id -> the libraries of its image and
+    of its faces."""
     engine = create_async_engine(harness.async_database_url)
-    query = select(images.c.source_id, images.c.status, faces.c.face_index).select_from(
-        images.outerjoin(faces, faces.c.image_id == images.c.id)
-    )
+    query = select(
+        images.c.source_id, images.c.status, images.c.library_id, faces.c.face_index, faces.c.library_id
+    ).select_from(images.outerjoin(faces, faces.c.image_id == images.c.id))
     rows: dict[str, tuple[str, list[int]]] = {}
+    libraries: dict[str, set[str]] = {}
     async with engine.connect() as connection:
-        for source_id, status, face_index in await connection.execute(query):
+        for source_id, status, image_library, face_index, face_library in await connection.execute(query):
             indexes = rows.setdefault(source_id, (status, []))[1]
+            libraries.setdefault(source_id, set()).add(image_library)
             if face_index is not None:
                 indexes.append(face_index)
+                libraries[source_id].add(face_library)
     await engine.dispose()
-    return rows
+    return rows, libraries
 
 
-async def run(count: int, bad_share: float, workers: int, *, seed: int, drain_seconds: float) -> bool:
+async def run(
+    count: int, bad_share: float, workers: int, *, seed: int, drain_seconds: float, libraries: int
+) -> bool:
     rng = random.Random(seed)
     harness = Harness()
     try:
@@ -183,16 +191,19 @@ async def run(count: int, bad_share: float, workers: int, *, seed: int, drain_se
         messages: list[tuple[str, bytes]] = []
         good: dict[str, Path] = {}
         bad: dict[str, str] = {}
+        library_of: dict[str, str] = {}
         for index, photo in cycled(photos, count):
             key = f"fault-{index}"
+            library_of[key] = library = f"library-{index % libraries}"
             if index in bad_positions:
                 kind = kinds[len(bad) % len(kinds)]
                 bad[key] = BAD_KINDS[kind]
-                messages.append((key, bad_body(kind, key, harness)))
+                messages.append((key, bad_body(kind, key, harness, library)))
             else:
                 good[key] = photo
                 path = harness.add_image(photo, f"{index:06d}_{photo.name}")
-                messages.append((key, new_event(ImageUploaded(image_id=key, path=path)).to_json()))
+                upload = ImageUploaded(image_id=key, path=path, library_id=library)
+                messages.append((key, new_event(upload).to_json()))
 
         harness.start_workers(workers)
         bus = Bus(harness)
@@ -216,7 +227,7 @@ async def run(count: int, bad_share: float, workers: int, *, seed: int, drain_se
         harness.stop_workers()
 
         letters = await dead_letters(bus)
-        rows = await stored_faces(harness)
+        rows, stored_in = await stored_faces(harness)
         await bus.delete_topology()
     finally:
         restore_services()  # the database is dropped below
@@ -226,6 +237,7 @@ async def run(count: int, bad_share: float, workers: int, *, seed: int, drain_se
     announced = sum(key in bus.detected for key in good)
     done = [key for key in good if rows.get(key, ("", []))[0] == "done"]
     one_set = [key for key in done if sorted(rows[key][1]) == list(range(len(rows[key][1])))]
+    in_its_library = [key for key in done if stored_in[key] == {library_of[key]}]
     matches_event = [
         key
         for key in one_set
@@ -248,6 +260,7 @@ async def run(count: int, bad_share: float, workers: int, *, seed: int, drain_se
     print(f"good uploads                        {len(good)}")
     print(f"  stored (status done)              {len(done)}")
     print(f"  exactly one set of faces          {len(one_set)}")
+    print(f"  in its library (of {libraries:>3})        {len(in_its_library)}")
     print(f"  faces.detected seen               {announced}  (more than once: {redelivered})")
     print(f"  stored faces == last announced    {len(matches_event)}")
     print(f"  photos with differing face counts {inconsistent_photos} of {len(per_photo)}")
@@ -260,7 +273,7 @@ async def run(count: int, bad_share: float, workers: int, *, seed: int, drain_se
     print(f"  extra identical copies            {duplicated_letters}  (same message id; at-least-once)")
     print(f"lost                                {lost}")
     return (
-        len(done) == len(one_set) == len(matches_event) == len(good)
+        len(done) == len(one_set) == len(matches_event) == len(in_its_library) == len(good)
         and len(right_reason) == len(bad)
         and not good_lettered
         and not inconsistent_photos
@@ -277,6 +290,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bad positions and fault moments")
     parser.add_argument("--drain-seconds", type=float, default=3600, help="most to wait for the drain")
+    parser.add_argument("--libraries", type=int, default=4, help="libraries the uploads are spread over")
     arguments = parser.parse_args()
 
     atexit.register(restore_services)
@@ -290,6 +304,7 @@ def main() -> None:
                 arguments.workers,
                 seed=arguments.seed,
                 drain_seconds=arguments.drain_seconds,
+                libraries=arguments.libraries,
             )
         )
     finally:

@@ -268,6 +268,7 @@ async def recluster_all(
     manual edit, including those committed while it computes. Reads (from scratch), decides, then writes
     and commits."""
     changes = PersonChanges(model_pack=model_pack, kind="recluster")
+    log.info("recluster started", library_id=library_id, model_pack=model_pack)
     async with (reader or ColdGroupingReader()).hold(library_id, model_pack) as source:
         async with unit_of_work(library_id) as uow:
             run_id = await uow.runs.start("recluster", model_pack)
@@ -293,6 +294,7 @@ async def recluster_all(
             raise
     log.info(
         "recluster done",
+        library_id=library_id,
         created=len(changes.created),
         merged=len(changes.merged),
         emptied=len(changes.emptied),
