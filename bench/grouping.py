@@ -3,6 +3,7 @@ incremental assignment into a large library stored in PostgreSQL, read cold agai
 
     .venv/bin/python bench/grouping.py [--sizes 10000,100000,1000000] [--reference-sizes 10000,100000]
     .venv/bin/python bench/grouping.py --skip-lfw --sizes '' --incremental 1000,1000000 [--batches 4]
+    .venv/bin/python bench/grouping.py --skip-lfw --sizes '' --libraries 1000x1000
 
 1. LFW (../shared/eval/identity, analysed by the production pipeline, cached in .bench/): BCubed and
    pairwise scores of our full recluster and of Immich's algorithm on the same embeddings, side by side.
@@ -19,6 +20,10 @@ incremental assignment into a large library stored in PostgreSQL, read cold agai
    the database for every batch (cold), once in a process with the warm copy (`WarmGroupingReader`, as the
    service runs: its first batch reads everything, the next ones only what changed). Each in its own
    process, for its own peak memory; the ratio cold / warm is of the batches after the first.
+4. Libraries (`--libraries LxF`): L libraries of F faces each (each its own people) in one PostgreSQL
+   database; every library reclustered, one after the other, by `handle_recluster_requested` as a grouping
+   replica runs them (the warm reader of the service); total time and peak memory, beside the full
+   recluster of the same number of faces as one library (in memory, as section 2 measures it).
 """
 
 from __future__ import annotations
@@ -376,6 +381,117 @@ def _seconds(values: list[float]) -> str:
     return " ".join(f"{value:.2f}" for value in values)
 
 
+async def populate_libraries(url: str, libraries: int, per_library: int) -> None:
+    """`libraries` libraries of `per_library` synthetic faces each (one photo a face), unassigned."""
+    import asyncpg
+    from sqlalchemy import make_url
+
+    from image_grouping.storage import ensure_schema
+    from image_grouping.storage.database import engine_for_url
+
+    engine = engine_for_url(make_url(url))
+    await ensure_schema(engine)
+    await engine.dispose()
+    with np.load(SPREAD_FILE) as stored:
+        spread = dict(stored)
+    moment = datetime.now(UTC) - timedelta(days=1)
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        next_id = 1
+        for first in range(0, libraries, 50):
+            image_rows, face_rows = [], []
+            for library in range(first, min(first + 50, libraries)):
+                embeddings, _ = synthetic(per_library, spread, seed=100 + library)
+                for embedding in embeddings:
+                    image_rows.append((*_image_row(next_id, moment), f"library-{library}"))
+                    face_rows.append(
+                        (*_face_row(next_id, next_id, embedding, None, moment), f"library-{library}")
+                    )
+                    next_id += 1
+            await connection.copy_records_to_table(
+                "images", records=image_rows, columns=[*_IMAGE_COLUMNS, "library_id"]
+            )
+            await connection.copy_records_to_table(
+                "faces", records=face_rows, columns=[*_FACE_COLUMNS, "library_id"]
+            )
+        for table in ("images", "faces"):
+            await connection.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+            )
+        await connection.execute("VACUUM ANALYZE")
+    finally:
+        await connection.close()
+    print(f"  {libraries:,} libraries of {per_library:,} faces stored", file=sys.stderr, flush=True)
+
+
+async def recluster_libraries(url: str, libraries: int) -> dict[str, object]:
+    """Recluster every library, one after the other, as a grouping replica does; timed, peak memory."""
+    from sqlalchemy import make_url
+
+    from image_grouping.handlers.recognition import GroupingDeps, handle_recluster_requested
+    from image_grouping.models.messages import ReclusterRequested
+    from image_grouping.storage import SqlUnitOfWork
+    from image_grouping.storage.database import engine_for_url
+    from image_grouping.storage.grouping_cache import WarmGroupingReader
+
+    settings = load_settings()
+    engine = engine_for_url(make_url(url))
+    reader = WarmGroupingReader(
+        max_faces=settings.grouping_cache_faces, window_seconds=settings.grouping_cache_window_seconds
+    )
+
+    def unit_of_work(library_id: str = "default") -> SqlUnitOfWork:
+        return SqlUnitOfWork(engine, library_id)
+
+    deps = GroupingDeps(unit_of_work, grouping_params(settings, PACK), PACK, 900.0, reader=reader)
+    seconds, persons = [], 0
+    started = time.perf_counter()
+    for library in range(libraries):
+        request = ReclusterRequested(library_id=f"library-{library}", model_pack=PACK)
+        begun = time.perf_counter()
+        (outcome,) = await handle_recluster_requested([request], deps)
+        seconds.append(time.perf_counter() - begun)
+        persons += len(outcome[0].changes["created"])  # type: ignore[index, union-attr]
+    total = time.perf_counter() - started
+    await engine.dispose()
+    return {
+        "seconds": total,
+        "per_library": seconds,
+        "persons": persons,
+        "faces_held": reader.faces_held,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
+
+
+def libraries_section(libraries: int, per_library: int) -> None:
+    print(
+        f"\nfull recluster of {libraries:,} libraries of {per_library:,} faces (PostgreSQL), "
+        "one after the other"
+    )
+    with bench_database(f"libraries_{libraries}") as url:
+        command = [sys.executable, __file__, "--populate-libraries", url, "--one", str(per_library)]
+        subprocess.run([*command, "--batches", str(libraries)], check=True)
+        command = [sys.executable, __file__, "--recluster-libraries", url, "--one", str(libraries)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+    total_faces = libraries * per_library
+    command = [sys.executable, __file__, "--one", str(total_faces)]
+    reference = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    per = sorted(result["per_library"])
+    print(
+        f"  {libraries:,} libraries: {result['seconds']:.1f} s in all "
+        f"(a library: median {statistics.median(per):.2f} s, slowest {per[-1]:.2f} s), "
+        f"{result['persons']:,} persons, peak RSS {result['peak_rss_gb']:.2f} GB "
+        f"(warm copies held at the end: {result['faces_held']:,} faces)"
+    )
+    print(
+        f"  the same {total_faces:,} faces as one library (group_faces alone, in memory): "
+        f"{reference['seconds']:.1f} s, peak RSS {reference['peak_rss_gb']:.2f} GB: "
+        f"{reference['seconds'] / result['seconds']:.1f}x the time of the {libraries:,} libraries",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -389,7 +505,16 @@ def main() -> None:
     parser.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--populate", help=argparse.SUPPRESS)  # child: store the library at this URL
     parser.add_argument("--assign", nargs=2, help=argparse.SUPPRESS)  # child: cold|warm URL
+    parser.add_argument("--libraries", default="", help="LxF: L libraries of F faces, all reclustered.")
+    parser.add_argument("--populate-libraries", help=argparse.SUPPRESS)  # child: store them at this URL
+    parser.add_argument("--recluster-libraries", help=argparse.SUPPRESS)  # child: recluster them
     args = parser.parse_args()
+    if args.populate_libraries:
+        asyncio.run(populate_libraries(args.populate_libraries, args.batches, args.one))
+        return
+    if args.recluster_libraries:
+        print(json.dumps(asyncio.run(recluster_libraries(args.recluster_libraries, args.one))))
+        return
     if args.populate:
         asyncio.run(populate(args.populate, args.one, args.batches))
         return
@@ -424,6 +549,9 @@ def main() -> None:
         )
     if args.incremental:
         incremental_section([int(size) for size in args.incremental.split(",")], args.batches)
+    if args.libraries:
+        libraries, per_library = (int(part) for part in args.libraries.split("x"))
+        libraries_section(libraries, per_library)
 
 
 if __name__ == "__main__":
