@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -286,7 +287,7 @@ async def run_batches(url: str, size: int, batches: int, warm: bool) -> dict[str
     engine = engine_for_url(make_url(url))
     reader = WarmGroupingReader(max_faces=2 * size + 10_000) if warm else ColdGroupingReader()
     params = grouping_params(load_settings(), PACK)
-    deps = GroupingDeps(lambda: SqlUnitOfWork(engine), params, PACK, 900.0, reader=reader)
+    deps = GroupingDeps(partial(SqlUnitOfWork, engine), params, PACK, 900.0, reader=reader)
     seconds, joined = [], 0
     async with engine.connect() as connection:
         next_id = (
