@@ -14,8 +14,9 @@ For each worker count W, in one run:
   uploads / (last faces.detected - first worker up);
 - latency, publish to faces.detected: of that backlog, and paced at 70% of the measured throughput;
 - the peak resident memory (VmHWM) of each worker process.
-It prints the figures, the ratio service / bare (target >= 0.90), and where the CPU went per image:
-the workers (event loop and other threads), RabbitMQ, PostgreSQL, the kernel's workers and idle time.
+It prints the figures, the ratio service / bare (target >= 0.93), and where the CPU went per image:
+the workers (event loop and other threads), RabbitMQ, PostgreSQL, the kernel's workers, this benchmark's
+own process (the observer of the events), idle time and the rest (other processes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -114,9 +116,9 @@ async def service_run(photos: list[Path], count: int, workers: int, paced_count:
         harness.start_workers(workers)
         started = min(harness.ready_at(index) for index in range(workers))
         worker_pids = [harness.workers[index].pid for index in range(workers)]
-        cpu_before = cpu_reading(worker_pids)
+        cpu_before, window_start = cpu_reading(worker_pids), time.monotonic()
         await wait_all_detected(bus, [image_id for image_id, _ in backlog], within=3600)
-        cpu_after = cpu_reading(worker_pids)
+        cpu_after, window = cpu_reading(worker_pids), time.monotonic() - window_start
         ids = [image_id for image_id, _ in backlog]
         last_detected = max(bus.detected[image_id][0][0] for image_id in ids)
         throughput = count / (last_detected - started)
@@ -149,6 +151,8 @@ async def service_run(photos: list[Path], count: int, workers: int, paced_count:
             "cpu_ms_per_image": {
                 group: 1000 * seconds / count for group, seconds in cpu_spent(cpu_before, cpu_after).items()
             },
+            # The machine's CPU time over the same window: what no group above holds went elsewhere.
+            "capacity_ms_per_image": 1000 * window * (os.cpu_count() or 1) / count,
         }
     finally:
         harness.close()
@@ -201,7 +205,7 @@ def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
             f"second half {(len(paths) - half) / after:.2f}/s after)"
         )
         print(f"service            {result['throughput']:8.2f} images/s")
-        print(f"ratio service/bare {result['throughput'] / bare:8.3f}  (target >= 0.90)")
+        print(f"ratio service/bare {result['throughput'] / bare:8.3f}  (target >= 0.93)")
         print(
             "latency, backlog of {count}: p50 {backlog_p50:.2f}s  p95 {backlog_p95:.2f}s  "
             "p99 {backlog_p99:.2f}s".format(count=arguments.count, **result)
@@ -221,7 +225,9 @@ def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
             f"({service_cpu / bare_cpu_ms:.3f} of bare: event loop {cpu['event loop']:.1f}, "
             f"other threads {cpu['other threads']:.1f}), RabbitMQ {cpu['RabbitMQ']:.1f}, "
             f"PostgreSQL {cpu['PostgreSQL']:.1f}, kernel workers {cpu['kernel workers']:.1f}, "
-            f"idle {cpu['idle']:.1f}"
+            f"this benchmark {cpu['benchmark']:.1f}, idle {cpu['idle']:.1f}, "
+            f"other processes {result['capacity_ms_per_image'] - sum(cpu.values()):.1f} "
+            f"(of {result['capacity_ms_per_image']:.1f})"
         )
 
 
