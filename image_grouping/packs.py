@@ -75,6 +75,8 @@ KNOWN_PACKS: dict[str, PackInfo] = {
         # BCubed precision at 0.9955, but on all 5,865 it gave 0.977 (recall 0.938): 0.95 is the lowest
         # link that keeps precision at 0.995 on the whole set (recall 0.84). With these embeddings the
         # gates on pose and sharpness cost recall and bought no precision, so they are off.
+        # Centring the descriptors (less their mean, as in bench/dlib_centre.py) spreads the cosines but
+        # ranks pairs worse (README, measurements): the thresholds stay on dlib's own scale.
         grouping={
             "link_similarity": 0.95,
             "merge_similarity": 0.945,
