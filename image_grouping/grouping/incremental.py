@@ -21,7 +21,7 @@ from image_grouping.grouping.clustering import (
     attach_by_votes,
     group_faces,
 )
-from image_grouping.grouping.neighbours import Neighbours, search_among
+from image_grouping.grouping.neighbours import Neighbours, search_among, search_among_reduced
 from image_grouping.grouping.params import GroupingParams
 
 
@@ -32,11 +32,17 @@ class IncrementalDecision:
 
 
 def assign_incrementally(
-    faces: GroupingInput, person_ids: np.ndarray, new_faces: np.ndarray, params: GroupingParams
+    faces: GroupingInput,
+    person_ids: np.ndarray,
+    new_faces: np.ndarray,
+    params: GroupingParams,
+    reduced: np.ndarray | None = None,
 ) -> IncrementalDecision:
     """Decide which of `new_faces` (indices of unassigned faces) join a person, and which persons to found.
 
     Every assigned face is treated as anchored to its person, so the cannot-links apply to person ids.
+    `reduced`: every face's `SearchProjection` (a large library's warm copy keeps it): the neighbours are
+    then searched approximately, re-scored exactly; without it, exactly.
     """
     new_faces = np.asarray(new_faces, np.int64)
     assigned = person_ids >= 0
@@ -44,12 +50,13 @@ def assign_incrementally(
     # One pass over the faces for both searches: the nearest assigned faces (votes), and the nearest
     # unassigned ones (new persons), enough of them that the new faces that join a person can be left out
     # below and k + 1 remain.
-    near, loose = search_among(
-        faces.embeddings,
-        new_faces,
-        [assigned, ~assigned],
-        [params.neighbours, params.neighbours + 1 + len(new_faces)],
-    )
+    among, ks = [assigned, ~assigned], [params.neighbours, params.neighbours + 1 + len(new_faces)]
+    if reduced is None:
+        near, loose = search_among(faces.embeddings, new_faces, among, ks)
+    else:
+        # The neighbours that count: those at least this alike vote, link, or stay in the pool.
+        floor = min(params.link_similarity, params.vote_similarity)
+        near, loose = search_among_reduced(faces.embeddings, reduced, new_faces, among, ks, floor)
     labels = attach_by_votes(anchored, person_ids, new_faces, near, params)
     # The persons of the new faces' nearest faces are weighed, not every person of the library.
     nearby = np.unique(person_ids[near.indices[near.indices >= 0]])

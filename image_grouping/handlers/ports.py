@@ -260,6 +260,9 @@ class GroupingRows:
     faces: FaceSet
     persons: list[PersonRecord]
     cannot_links: list[tuple[int, int]]
+    # Each face's row of the approximate neighbour search (`SearchProjection.apply`), where the reader
+    # keeps one (a large library's warm copy); None: incremental assignment searches exactly.
+    reduced: np.ndarray | None = None
 
 
 class GroupingSource(Protocol):

@@ -201,11 +201,15 @@ class _Snapshot:
     faces: FaceSet
     persons: list[PersonRecord]
     grouping: GroupingInput
+    reduced: np.ndarray | None = None  # the rows of the approximate neighbour search, if the reader has them
 
 
 def _snapshot(rows: GroupingRows, params: GroupingParams) -> _Snapshot:
     return _Snapshot(
-        rows.faces, rows.persons, _grouping_input(rows.faces, rows.persons, rows.cannot_links, params)
+        rows.faces,
+        rows.persons,
+        _grouping_input(rows.faces, rows.persons, rows.cannot_links, params),
+        rows.reduced,
     )
 
 
@@ -230,7 +234,9 @@ async def assign_new_faces(
         new = new[subset.person_ids[new] < 0] if len(new) else new
         if len(new) == 0:
             return changes
-        decision = assign_incrementally(snapshot.grouping, subset.person_ids, new, params)
+        decision = assign_incrementally(
+            snapshot.grouping, subset.person_ids, new, params, reduced=snapshot.reduced
+        )
         final = subset.person_ids.copy()
         for row, person in decision.joined.items():
             final[row] = person

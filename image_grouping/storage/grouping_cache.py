@@ -23,6 +23,10 @@ How the copy stays right (a read from scratch is always the fallback):
 - *When in doubt*, a read from scratch: the first batch of a pack, any error while catching up (the copy is
   dropped), a copy older than `max_age_seconds` (a bound on whatever a clock could hide), and every
   recluster (whose read, from scratch, becomes the copy; the next batch catches up on what it moved).
+- *The neighbour search.* A copy of `approximate_from` faces or more also keeps each face's row of the
+  approximate neighbour search (`grouping.neighbours.SearchProjection`: a PCA to 128 dimensions, trained
+  on each read from scratch, 520 bytes a face), written with the face's row by every change above, so
+  that a batch searches its neighbours without comparing it with every full embedding.
 - *Memory* is bounded by `max_faces` over all copies: the least recently used library is dropped first,
   and one larger than the budget alone is never kept.
 
@@ -45,39 +49,71 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import structlog
 
+from image_grouping.grouping.neighbours import SearchProjection
 from image_grouping.handlers.ports import GroupingRows, GroupingSource, UnitOfWork
 from image_grouping.models.records import FaceSet
 
 log = structlog.get_logger(__name__)
 
 _COLUMNS = tuple(field.name for field in fields(FaceSet))
+_VERSIONS, _REDUCED = "_versions", "_reduced"  # the columns held beside the faces'
+# From this many faces on, a copy keeps a projection of its rows for the approximate neighbour search of
+# incremental assignment (`grouping.neighbours.search_among_reduced`); below it, the exact search is fast.
+APPROXIMATE_FROM = 100_000
 # Removing more than this share of a copy's rows rebuilds it instead of shifting rows in place.
 _REBUILD_SHARE = 0.125
 
 
 class _Rows:
-    """A pack's groupable faces, sorted by id, in arrays with room to grow; `view()` shares their memory."""
+    """A pack's groupable faces, sorted by id, in arrays with room to grow; `view()` shares their memory.
+
+    Beside the faces' columns: each face's version (`updated_at`) and, with a `projection`, each face's
+    row of the approximate neighbour search (`SearchProjection.apply`), kept up to date with the rows."""
 
     def __init__(self, faces: FaceSet, versions: np.ndarray, keep: np.ndarray | None = None) -> None:
-        self._fill(faces, versions, keep)
+        self.projection: SearchProjection | None = None
+        self._fill({**_columns_of(faces), _VERSIONS: versions}, keep)
 
-    def _fill(self, faces: FaceSet, versions: np.ndarray, keep: np.ndarray | None = None) -> None:
-        """Hold `faces` (those of `keep`), with a quarter more room; one copy, straight into place."""
-        self.count = len(faces) if keep is None else int(keep.sum())
+    def project(self, projection: SearchProjection) -> None:
+        """Keep each row's projection from now on."""
+        self.projection = projection
+        reduced = projection.apply(self.arrays["embeddings"][: self.count])
+        self.arrays[_REDUCED] = _with_capacity(reduced, len(self.versions))
+
+    def _fill(self, columns: dict[str, np.ndarray], keep: np.ndarray | None = None) -> None:
+        """Hold `columns` (their rows of `keep`), with a quarter more room; one copy, straight into place."""
+        self.count = len(columns[_VERSIONS]) if keep is None else int(keep.sum())
         capacity = max(self.count + self.count // 4, 1024)
-        self.arrays = {name: _with_capacity(getattr(faces, name), capacity, keep) for name in _COLUMNS}
-        self.versions = _with_capacity(versions, capacity, keep)
+        self.arrays = {name: _with_capacity(array, capacity, keep) for name, array in columns.items()}
+
+    def _columns(self, faces: FaceSet, versions: np.ndarray) -> dict[str, np.ndarray]:
+        """Every column of these faces, as held."""
+        columns = {**_columns_of(faces), _VERSIONS: versions}
+        if self.projection is not None:
+            columns[_REDUCED] = self.projection.apply(faces.embeddings)
+        return columns
+
+    def _held(self) -> dict[str, np.ndarray]:
+        return {name: array[: self.count] for name, array in self.arrays.items()}
 
     @property
     def face_ids(self) -> np.ndarray:
         return self.arrays["face_ids"][: self.count]
 
     @property
+    def versions(self) -> np.ndarray:
+        return self.arrays[_VERSIONS]
+
+    @property
+    def reduced(self) -> np.ndarray | None:
+        return self.arrays[_REDUCED][: self.count] if _REDUCED in self.arrays else None
+
+    @property
     def dim(self) -> int:
         return int(self.arrays["embeddings"].shape[1])
 
     def view(self) -> FaceSet:
-        return FaceSet(**{name: array[: self.count] for name, array in self.arrays.items()})
+        return FaceSet(**{name: self.arrays[name][: self.count] for name in _COLUMNS})
 
     def versions_of(self, face_ids: np.ndarray) -> np.ndarray:
         """Each face's version in the copy, -1 for a face it does not hold."""
@@ -88,33 +124,28 @@ class _Rows:
 
     def upsert(self, faces: FaceSet, versions: np.ndarray) -> None:
         """Put these faces (sorted by id) in: replace those held, add the others."""
+        columns = self._columns(faces, versions)
         rows = np.searchsorted(self.face_ids, faces.face_ids)
         held = rows < self.count
         held[held] = self.face_ids[rows[held]] == faces.face_ids[held]
         for name, array in self.arrays.items():
-            array[rows[held]] = getattr(faces, name)[held]
-        self.versions[rows[held]] = versions[held]
+            array[rows[held]] = columns[name][held]
         new = ~held
         if not new.any():
             return
-        added = faces.take(new)
-        if self.count and added.face_ids[0] < self.face_ids[-1]:
+        added = {name: column[new] for name, column in columns.items()}
+        if self.count and added["face_ids"][0] < self.face_ids[-1]:
             # A face older than the newest held (a transaction that committed late): rebuild in order.
-            merged = _concatenate(self.view(), added)
-            order = np.argsort(merged.face_ids, kind="stable")
-            merged_versions = np.concatenate([self.versions[: self.count], versions[new]])
-            self._fill(merged.take(order), merged_versions[order])
+            merged = {name: np.concatenate([array, added[name]]) for name, array in self._held().items()}
+            order = np.argsort(merged["face_ids"], kind="stable")
+            self._fill({name: column[order] for name, column in merged.items()})
             return
-        end = self.count + len(added)
+        end = self.count + len(added["face_ids"])
         if end > len(self.versions):
             capacity = end + end // 4
-            self.arrays = {
-                name: _with_capacity(array[: self.count], capacity) for name, array in self.arrays.items()
-            }
-            self.versions = _with_capacity(self.versions[: self.count], capacity)
+            self.arrays = {name: _with_capacity(array, capacity) for name, array in self._held().items()}
         for name, array in self.arrays.items():
-            array[self.count : end] = getattr(added, name)
-        self.versions[self.count : end] = versions[new]
+            array[self.count : end] = added[name]
         self.count = end
 
     def remove(self, face_ids: np.ndarray) -> None:
@@ -128,17 +159,21 @@ class _Rows:
         if len(gone) > _REBUILD_SHARE * self.count:
             keep = np.ones(self.count, bool)
             keep[gone] = False
-            self._fill(self.view(), self.versions[: self.count], keep)
+            self._fill(self._held(), keep)
             return
         # Shift each run of rows between two removed ones down over the gap: no copy of the whole copy.
         ends = np.append(gone[1:], self.count)
         target = int(gone[0])
         for removed, end in zip(gone.tolist(), ends.tolist(), strict=True):
             start = removed + 1
-            for array in (*self.arrays.values(), self.versions):
+            for array in self.arrays.values():
                 array[target : target + end - start] = array[start:end]
             target += end - start
         self.count = target
+
+
+def _columns_of(faces: FaceSet) -> dict[str, np.ndarray]:
+    return {name: getattr(faces, name) for name in _COLUMNS}
 
 
 def _with_capacity(array: np.ndarray, capacity: int, keep: np.ndarray | None = None) -> np.ndarray:
@@ -150,12 +185,6 @@ def _with_capacity(array: np.ndarray, capacity: int, keep: np.ndarray | None = N
         rows = np.flatnonzero(keep)
         np.take(array, rows, axis=0, out=grown[: len(rows)])
     return grown
-
-
-def _concatenate(first: FaceSet, second: FaceSet) -> FaceSet:
-    return FaceSet(
-        **{name: np.concatenate([getattr(first, name), getattr(second, name)]) for name in _COLUMNS}
-    )
 
 
 @dataclass
@@ -184,11 +213,13 @@ class WarmGroupingReader:
         self,
         *,
         max_faces: int,
+        approximate_from: int = APPROXIMATE_FROM,
         window_seconds: float = 300.0,
         max_age_seconds: float = 1800.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.max_faces = max_faces
+        self.approximate_from = approximate_from
         self.window = timedelta(seconds=window_seconds)
         self.max_age_seconds = max_age_seconds
         self._clock = clock
@@ -219,7 +250,7 @@ class WarmGroupingReader:
             log.info("warm faces dropped: reading them failed", library_id=library_id, model_pack=model_pack)
             raise
         self._keep(key, copy)
-        return GroupingRows(copy.rows.view(), persons, cannot_links)
+        return GroupingRows(copy.rows.view(), persons, cannot_links, copy.rows.reduced)
 
     def _keep(self, key: _Key, copy: _Copy) -> None:
         """Keep the copy as the most recently used, dropping the least recently used over the budget; a
@@ -238,7 +269,13 @@ class WarmGroupingReader:
         started = self._clock()
         if copy is None or time.monotonic() - copy.filled > self.max_age_seconds:
             faces, versions = await uow.faces.load_versioned(model_pack)
-            copy = _Copy(_Rows(faces, versions, faces.groupable()), started - self.window, time.monotonic())
+            rows = _Rows(faces, versions, faces.groupable())
+            del faces, versions  # the read's arrays, before the projection's
+            if rows.count >= self.approximate_from:
+                # A large library's batches search their neighbours approximately, in a projection
+                # trained once per read from scratch.
+                rows.project(SearchProjection(rows.view().embeddings))
+            copy = _Copy(rows, started - self.window, time.monotonic())
             log.info(
                 "faces read from scratch for grouping",
                 library_id=library_id,

@@ -136,6 +136,10 @@ faces = Table(
     CheckConstraint(f"assigned_by IN ('{AUTOMATIC}', '{BY_HAND}')", name="assigned_by"),
     Index(None, "model_pack", "person_id"),
     Index(None, "library_id", "model_pack", "person_id"),
+    # The warm copy's refresh before each incremental batch (`grouping_cache`): the faces written since,
+    # and the count of groupable faces, without reading a large library's every row.
+    Index(None, "library_id", "model_pack", "updated_at"),
+    Index(None, "library_id", "model_pack", "assigned_by", "person_id"),
     Index(None, "person_id"),
     sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
 )

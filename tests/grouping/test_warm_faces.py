@@ -3,7 +3,9 @@ gives, after every kind of change: faces detected, grouped, edited by hand (rena
 merged), a photo deleted, a person forgotten, a face analysed again, a recluster of this process and of
 another, and writes that committed late with times older than the refresh. Compared: the rows (every
 array, every person, every cannot-link) and the decisions of incremental assignment on them. On SQLite and
-PostgreSQL.
+PostgreSQL. With `approximate_from=0` the copy also keeps each face's row of the approximate neighbour
+search (as a large library's does): it must stay in step with the faces, and the decisions taken with it
+must be those of the exact search on a fresh read.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from image_grouping.models.messages import (
     RenamePerson,
 )
 from image_grouping.storage import SqlUnitOfWork, ThumbnailStore, read_database_id
-from image_grouping.storage.grouping_cache import WarmGroupingReader
+from image_grouping.storage.grouping_cache import APPROXIMATE_FROM, WarmGroupingReader
 from image_grouping.storage.schema import faces, images
 
 IDENTITIES, PER_IDENTITY, DIM = 60, 8, 512
@@ -86,12 +88,22 @@ class Check:
                 assert_same_rows(warm, fresh)
             except AssertionError as error:
                 raise AssertionError(f"after {change}: {error}") from error
+            if warm.reduced is not None:
+                # Each row's projection is that of the face now in the row (kept in step by every change).
+                projection = self.reader._copies[DEFAULT_LIBRARY, self.pack].rows.projection
+                assert projection is not None
+                expected = projection.apply(warm.faces.embeddings)
+                np.testing.assert_allclose(warm.reduced, expected, atol=1e-5, err_msg=change)
             unassigned = np.flatnonzero(fresh.faces.person_ids < 0)
             if len(unassigned) == 0:
                 return
             decided = [
                 assign_incrementally(
-                    _snapshot(rows, self.params).grouping, rows.faces.person_ids, unassigned, self.params
+                    _snapshot(rows, self.params).grouping,
+                    rows.faces.person_ids,
+                    unassigned,
+                    self.params,
+                    reduced=rows.reduced,
                 )
                 for rows in (warm, fresh)
             ]
@@ -108,16 +120,20 @@ async def person_of(engine: AsyncEngine, face_id: int) -> int | None:
 
 
 @pytest.mark.parametrize("window_seconds", [300.0])
+@pytest.mark.parametrize("approximate_from", [APPROXIMATE_FROM, 0], ids=["exact", "approximate"])
 async def test_the_warm_copy_decides_as_a_fresh_read_after_every_kind_of_change(
     unit_of_work: Callable[[], SqlUnitOfWork],
     grouping_engine: AsyncEngine,
     grouping_settings: Settings,
     tmp_path: Path,
     window_seconds: float,
+    approximate_from: int,
 ) -> None:
     pack, params = grouping_settings.model_pack, grouping_params(grouping_settings)
     embeddings = identity_faces()
-    reader = WarmGroupingReader(max_faces=1_000_000, window_seconds=window_seconds)
+    reader = WarmGroupingReader(
+        max_faces=1_000_000, window_seconds=window_seconds, approximate_from=approximate_from
+    )
     warm_deps = GroupingDeps(unit_of_work, params, pack, 900.0, reader=reader)
     other_process = GroupingDeps(unit_of_work, params, pack, 900.0)  # reads from the database each time
     store = ThumbnailStore(tmp_path / "thumbnails", tmp_path, await read_database_id(grouping_engine))
@@ -202,6 +218,7 @@ async def test_the_warm_copy_decides_as_a_fresh_read_after_every_kind_of_change(
         )
     await check.same_as_fresh("faces committed later than the window")
     assert reader.faces_held == len(await read_groupable(unit_of_work, pack))
+    assert (reader._copies[DEFAULT_LIBRARY, pack].rows.reduced is not None) == (approximate_from == 0)
     assert check.decisions >= 10  # most changes left faces to decide on
 
 
