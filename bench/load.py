@@ -226,6 +226,7 @@ def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
             f"other threads {cpu['other threads']:.1f}), RabbitMQ {cpu['RabbitMQ']:.1f}, "
             f"PostgreSQL {cpu['PostgreSQL']:.1f}, kernel workers {cpu['kernel workers']:.1f}, "
             f"this benchmark {cpu['benchmark']:.1f}, idle {cpu['idle']:.1f}, "
+            f"stolen by the host {cpu['steal']:.1f}, "
             f"other processes {result['capacity_ms_per_image'] - sum(cpu.values()):.1f} "
             f"(of {result['capacity_ms_per_image']:.1f})"
         )
