@@ -72,11 +72,18 @@ def nearest_neighbours(
 
 def _project(embeddings: np.ndarray, seed: int) -> np.ndarray:
     """PCA to `_SEARCH_DIMENSIONS`, trained on a sample; distances there approximate the full ones."""
+    pca, _ = _sample_pca(embeddings, _SEARCH_DIMENSIONS, seed)
+    return pca.apply(embeddings)
+
+
+def _sample_pca(embeddings: np.ndarray, dimensions: int, seed: int) -> tuple[faiss.PCAMatrix, np.ndarray]:
+    """A PCA to `dimensions` (at most), trained on a sample of `_PCA_TRAINING_FACES` rows; and that sample."""
     count, dim = embeddings.shape
     sample = np.random.default_rng(seed).choice(count, min(count, _PCA_TRAINING_FACES), replace=False)
-    pca = faiss.PCAMatrix(dim, min(_SEARCH_DIMENSIONS, dim))
-    pca.train(embeddings[np.sort(sample)])
-    return pca.apply(embeddings)
+    training = np.ascontiguousarray(embeddings[np.sort(sample)], np.float32)
+    pca = faiss.PCAMatrix(dim, min(dimensions, dim, len(training)))
+    pca.train(training)
+    return pca, training
 
 
 def _rescored(embeddings: np.ndarray, candidates: np.ndarray, k: int) -> Neighbours:
@@ -255,7 +262,8 @@ def search_among_reduced(
 def _best_pairs(
     count: int, k: int, query_of: np.ndarray, rows: np.ndarray, similarities: np.ndarray
 ) -> Neighbours:
-    """Each query's k best (query, row, similarity) triples: best first, then the lower row."""
+    """Each query's k best (query, row, similarity) triples: best first, then the lower row (a stable order
+    for equal similarities)."""
     order = np.lexsort((rows, -similarities, query_of))
     query_of, rows, similarities = query_of[order], rows[order], similarities[order]
     rank = np.arange(len(order)) - np.searchsorted(query_of, np.arange(count))[query_of]
@@ -271,12 +279,8 @@ class SearchProjection:
     row as `search_among_reduced` weighs it."""
 
     def __init__(self, embeddings: np.ndarray, seed: int = 0) -> None:
-        count, dim = embeddings.shape
-        sample = np.random.default_rng(seed).choice(count, min(count, _PCA_TRAINING_FACES), replace=False)
-        training = np.ascontiguousarray(embeddings[np.sort(sample)], np.float32)
-        self.dimensions = min(_ESTIMATE_DIMENSIONS, dim, len(training))
-        self._pca = faiss.PCAMatrix(dim, self.dimensions)
-        self._pca.train(training)
+        self._pca, training = _sample_pca(embeddings, _ESTIMATE_DIMENSIONS, seed)
+        self.dimensions = int(self._pca.d_out)
         self._mean = training.mean(axis=0)
 
     def apply(self, embeddings: np.ndarray) -> np.ndarray:
@@ -318,19 +322,13 @@ class _Best:
             query_of, column = np.nonzero(hits)
         if len(query_of) == 0:
             return
-        # Each query's k best of what it had and what this block adds: sorted by query, then similarity
-        # (best first), then row (the lower first, a stable order for equal similarities).
+        # Each query's k best of what it had and what this block adds.
         held = np.isfinite(self.similarities)
-        candidates_query = np.concatenate([np.nonzero(held)[0], query_of])
-        candidates_row = np.concatenate([self.rows[held], column + start])
-        candidates = np.concatenate([self.similarities[held], similarities[query_of, column]])
-        order = np.lexsort((candidates_row, -candidates, candidates_query))
-        candidates_query, candidates_row = candidates_query[order], candidates_row[order]
-        candidates = candidates[order]
-        first = np.searchsorted(candidates_query, np.arange(count))
-        rank = np.arange(len(order)) - first[candidates_query]
-        kept = rank < k
-        self.rows.fill(-1)
-        self.similarities.fill(-np.inf)
-        self.rows[candidates_query[kept], rank[kept]] = candidates_row[kept]
-        self.similarities[candidates_query[kept], rank[kept]] = candidates[kept]
+        best = _best_pairs(
+            count,
+            k,
+            np.concatenate([np.nonzero(held)[0], query_of]),
+            np.concatenate([self.rows[held], column + start]),
+            np.concatenate([self.similarities[held], similarities[query_of, column]]),
+        )
+        self.rows, self.similarities = best.indices, best.similarities

@@ -72,7 +72,7 @@ class _Rows:
 
     def __init__(self, faces: FaceSet, versions: np.ndarray, keep: np.ndarray | None = None) -> None:
         self.projection: SearchProjection | None = None
-        self._fill({**_columns_of(faces), _VERSIONS: versions}, keep)
+        self._fill(self._columns(faces, versions), keep)
 
     def project(self, projection: SearchProjection) -> None:
         """Keep each row's projection from now on."""
@@ -88,7 +88,7 @@ class _Rows:
 
     def _columns(self, faces: FaceSet, versions: np.ndarray) -> dict[str, np.ndarray]:
         """Every column of these faces, as held."""
-        columns = {**_columns_of(faces), _VERSIONS: versions}
+        columns = {name: getattr(faces, name) for name in _COLUMNS} | {_VERSIONS: versions}
         if self.projection is not None:
             columns[_REDUCED] = self.projection.apply(faces.embeddings)
         return columns
@@ -170,10 +170,6 @@ class _Rows:
                 array[target : target + end - start] = array[start:end]
             target += end - start
         self.count = target
-
-
-def _columns_of(faces: FaceSet) -> dict[str, np.ndarray]:
-    return {name: getattr(faces, name) for name in _COLUMNS}
 
 
 def _with_capacity(array: np.ndarray, capacity: int, keep: np.ndarray | None = None) -> np.ndarray:
