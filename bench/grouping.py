@@ -465,13 +465,6 @@ async def recluster_libraries(url: str, libraries: int) -> dict[str, object]:
             async with maintenance.connect() as connection:
                 await connection.execute(text("VACUUM ANALYZE faces, persons"))
             vacuuming += time.perf_counter() - begun
-            recent = seconds[-VACUUM_EVERY:]
-            print(
-                f"  {library + 1:,} libraries: median {statistics.median(recent):.2f} s a library "
-                f"over the last {len(recent)}",
-                file=sys.stderr,
-                flush=True,
-            )
     total = time.perf_counter() - started - vacuuming
     await engine.dispose()
     return {

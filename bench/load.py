@@ -16,7 +16,8 @@ For each worker count W, in one run:
 - the peak resident memory (VmHWM) of each worker process.
 It prints the figures, the ratio service / bare (target >= 0.93), and where the CPU went per image:
 the workers (event loop and other threads), RabbitMQ, PostgreSQL, the kernel's workers, this benchmark's
-own process (the observer of the events), idle time and the rest (other processes).
+own process (the observer of the events), idle time, the time the host took from this machine (steal)
+and the rest (other processes).
 """
 
 from __future__ import annotations
