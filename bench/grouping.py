@@ -523,7 +523,7 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--reference-sizes", default="10000,100000")
-    parser.add_argument("--skip-lfw", action="store_true", help="Reuse the spread measured last time.")
+    parser.add_argument("--skip-lfw", action="store_true", help="Reuse the spread measured last time (measured anyway when missing).")
     parser.add_argument("--incremental", default="", help="Library sizes for incremental assignment.")
     parser.add_argument("--batches", type=int, default=4, help="Incremental batches per process.")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
@@ -550,7 +550,9 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one, args.reference)))
         return
-    if not args.skip_lfw:
+    if not args.skip_lfw or not SPREAD_FILE.exists():
+        if args.skip_lfw:
+            print(f"{SPREAD_FILE} is missing: measuring it on LFW first")
         lfw_section()
     references = {int(size) for size in args.reference_sizes.split(",") if size}
     print(
