@@ -458,6 +458,15 @@ class FakePersons(_Repository):
             for person_id, values in sorted(self.state.persons.items())
         ]
 
+    async def changed_since(self, since: datetime) -> list[PersonRecord]:
+        return [person for person in await self.list(counted=False) if person.updated_at >= since]
+
+    async def count(self) -> int:
+        return len(self.state.persons)
+
+    async def ids(self) -> list[int]:
+        return sorted(self.state.persons)
+
     async def create(self, cover_face_id: int | None = None, name: str | None = None) -> int:
         person_id = self.state.new_id()
         self.state.persons[person_id] = {

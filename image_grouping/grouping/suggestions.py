@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from image_grouping.grouping.clustering import add_by_group
 from image_grouping.grouping.neighbours import search
 
 # Cosine similarities of buffalo_sc's unit embeddings. On LFW (bench/suggestions.py) a face of a
@@ -37,13 +38,12 @@ class Centroids:
 
 def centroids(person_ids: np.ndarray, embeddings: np.ndarray) -> Centroids:
     """Each person's normalised mean embedding, from its faces (rows of `embeddings`, any order)."""
-    persons, sizes = np.unique(person_ids, return_counts=True)
+    persons, inverse = np.unique(person_ids, return_inverse=True)
     if len(persons) == 0:
         return Centroids(persons.astype(np.int64), np.empty((0, 0), np.float32))
-    order = np.argsort(person_ids, kind="stable")
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    # np.add.reduceat over the rows sorted by person: np.add.at is some 20x slower
-    sums = np.add.reduceat(np.asarray(embeddings, np.float32)[order], starts, axis=0)
+    embeddings = np.asarray(embeddings, np.float32)
+    sums = np.zeros((len(persons), embeddings.shape[1]), np.float32)
+    add_by_group(sums, inverse, embeddings, np.arange(len(embeddings)))
     norms = np.linalg.norm(sums, axis=1, keepdims=True)
     return Centroids(persons.astype(np.int64), sums / np.maximum(norms, 1e-12))
 

@@ -372,9 +372,11 @@ async def _write(
         """A new cover for each (person, cover face, version) whose cover face left the person; on an
         existing person, only while it is as read (`version`): a cover chosen meanwhile stays."""
         rows = _rows_or_absent(faces.face_ids, np.array([cover for _, cover, _ in covers], np.int64))
-        for (person_id, _, version), row in zip(covers, rows.tolist(), strict=True):
-            if row < 0 or effective[row] == person_id:
-                continue
+        owners = np.array([person for person, _, _ in covers], np.int64)
+        # Checked at once: a batch between reclusters looks at every person's cover, and moves few.
+        found = np.flatnonzero(rows >= 0)
+        left = found[effective[rows[found]] != owners[found]]
+        for person_id, _, version in (covers[index] for index in left.tolist()):
             members = np.flatnonzero(effective == person_id)
             cover = _cover_face(faces, reliable, members) if len(members) else None
             await uow.persons.set_cover(person_id, cover, expected_updated_at=version)

@@ -18,8 +18,11 @@ How the copy stays right (a read from scratch is always the fallback):
   faces that stop or start being groupable: after the changes are applied, the copy holds every face the
   database holds, plus those deleted. The number of groupable faces is counted in the database; when it
   differs, their ids are read (8 bytes a face), the vanished ones dropped and any the copy missed read.
-- *Persons and cannot-links* are read in full each time: they hold no embedding, and edits change them
-  without a time to go by (a merge moves cannot-links, a deleted face clears a cover).
+- *Persons* are caught up the same way: every write of a person sets its `updated_at` (a cover cleared
+  because its face was deleted too), so those written since the refresh began, minus the window, are read
+  again; when their number in the database differs from the copy's, their ids are read (the deleted
+  dropped, any missed read). *Cannot-links* are read in full each time: few, and a merge moves them
+  without a time to go by.
 - *When in doubt*, a read from scratch: the first batch of a pack, any error while catching up (the copy is
   dropped), a copy older than `max_age_seconds` (a bound on whatever a clock could hide), and every
   recluster (whose read, from scratch, becomes the copy; the next batch catches up on what it moved).
@@ -51,7 +54,7 @@ import structlog
 
 from image_grouping.grouping.neighbours import SearchProjection
 from image_grouping.handlers.ports import GroupingRows, GroupingSource, UnitOfWork
-from image_grouping.models.records import FaceSet
+from image_grouping.models.records import FaceSet, PersonRecord
 
 log = structlog.get_logger(__name__)
 
@@ -186,6 +189,7 @@ def _with_capacity(array: np.ndarray, capacity: int, keep: np.ndarray | None = N
 @dataclass
 class _Copy:
     rows: _Rows
+    persons: dict[int, PersonRecord]  # by id, in the order of their ids
     read_from: datetime  # the next refresh asks for the faces written since then
     filled: float  # time.monotonic() of the last read from scratch
 
@@ -240,13 +244,12 @@ class WarmGroupingReader:
         copy = self._copies.pop(key, None)
         try:
             copy = await self._catch_up(uow, key, None if fresh else copy)
-            persons = await uow.persons.list(counted=False)
             cannot_links = await uow.faces.cannot_links()
         except BaseException:
             log.info("warm faces dropped: reading them failed", library_id=library_id, model_pack=model_pack)
             raise
         self._keep(key, copy)
-        return GroupingRows(copy.rows.view(), persons, cannot_links, copy.rows.reduced)
+        return GroupingRows(copy.rows.view(), list(copy.persons.values()), cannot_links, copy.rows.reduced)
 
     def _keep(self, key: _Key, copy: _Copy) -> None:
         """Keep the copy as the most recently used, dropping the least recently used over the budget; a
@@ -271,7 +274,8 @@ class WarmGroupingReader:
                 # A large library's batches search their neighbours approximately, in a projection
                 # trained once per read from scratch.
                 rows.project(SearchProjection(rows.view().embeddings))
-            copy = _Copy(rows, started - self.window, time.monotonic())
+            persons = {person.id: person for person in await uow.persons.list(counted=False)}
+            copy = _Copy(rows, persons, started - self.window, time.monotonic())
             log.info(
                 "faces read from scratch for grouping",
                 library_id=library_id,
@@ -301,6 +305,7 @@ class WarmGroupingReader:
                 )
                 await self._read_again(uow, model_pack, rows, absent)
             vanished, missed = len(gone), len(absent)
+        await self._catch_up_persons(uow, key, copy)
         copy.read_from = started - self.window
         log.debug(
             "warm faces caught up",
@@ -312,6 +317,30 @@ class WarmGroupingReader:
             missed=missed,
         )
         return copy
+
+    @staticmethod
+    async def _catch_up_persons(uow: UnitOfWork, key: _Key, copy: _Copy) -> None:
+        persons = copy.persons
+        last = next(reversed(persons), 0)
+        changed = await uow.persons.changed_since(copy.read_from)
+        in_order = all(person.id > last or person.id in persons for person in changed)  # ids grow
+        persons.update((person.id, person) for person in changed)
+        if await uow.persons.count() != len(persons):
+            stored = set(await uow.persons.ids())
+            for gone in persons.keys() - stored:
+                del persons[gone]
+            missed = stored - persons.keys()
+            if missed:
+                log.warning(
+                    "warm persons missed persons committed late",
+                    library_id=key[0],
+                    model_pack=key[1],
+                    persons=len(missed),
+                )
+                persons.update(await uow.persons.get(missed))
+                in_order = False
+        if not in_order:
+            copy.persons = dict(sorted(persons.items()))
 
     @staticmethod
     async def _read_again(uow: UnitOfWork, model_pack: str, rows: _Rows, face_ids: np.ndarray) -> None:

@@ -96,6 +96,7 @@ persons = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     _library_column(),
     Index(None, "library_id"),
+    Index(None, "library_id", "updated_at"),
     sqlite_autoincrement=True,  # never reuse an id, as SQLite would after a delete
 )
 

@@ -24,7 +24,7 @@ from image_grouping.storage.migrations import render_upgrade_sql
 from image_grouping.storage.repositories import path_key
 from image_grouping.storage.schema import faces, images, metadata, persons, recluster_runs
 
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 TABLES = {
     "images",
     "faces",

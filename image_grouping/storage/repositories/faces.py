@@ -320,8 +320,8 @@ class FaceRepository:
             await self._connection.execute(
                 update(persons)
                 .where(persons.c.cover_face_id == bindparam("old_face"))
-                .values(cover_face_id=bindparam("new_face")),
-                [{"old_face": old, "new_face": pairs[old]} for old in chunk],
+                .values(cover_face_id=bindparam("new_face"), updated_at=bindparam("now")),
+                [{"old_face": old, "new_face": pairs[old], "now": now()} for old in chunk],
             )
         known: set[tuple[int, int]] = set()
         for chunk in chunks(sorted({face_id for face_id, _ in links})):
@@ -506,7 +506,9 @@ class FaceRepository:
         """Delete faces, their cannot-links and the covers they were."""
         for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
             await self._connection.execute(
-                update(persons).where(persons.c.cover_face_id.in_(chunk)).values(cover_face_id=None)
+                update(persons)
+                .where(persons.c.cover_face_id.in_(chunk))
+                .values(cover_face_id=None, updated_at=now())
             )
             await self._connection.execute(delete(cannot_links).where(cannot_links.c.face_id.in_(chunk)))
             await self._connection.execute(delete(face_edits).where(face_edits.c.face_id.in_(chunk)))

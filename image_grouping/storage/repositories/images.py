@@ -377,7 +377,9 @@ class ImageRepository:
             )
         for chunk in chunks(gone_ids):
             await connection.execute(
-                update(persons).where(persons.c.cover_face_id.in_(chunk)).values(cover_face_id=None)
+                update(persons)
+                .where(persons.c.cover_face_id.in_(chunk))
+                .values(cover_face_id=None, updated_at=now())
             )
             await connection.execute(delete(faces).where(faces.c.id.in_(chunk)))
         if updates:
@@ -457,7 +459,9 @@ class ImageRepository:
         for chunk in chunks(sorted({int(image_id) for image_id in image_ids})):
             gone = select(faces.c.id).where(faces.c.image_id.in_(chunk))
             await self._connection.execute(
-                update(persons).where(persons.c.cover_face_id.in_(gone)).values(cover_face_id=None)
+                update(persons)
+                .where(persons.c.cover_face_id.in_(gone))
+                .values(cover_face_id=None, updated_at=now())
             )
             await self._connection.execute(delete(cannot_links).where(cannot_links.c.face_id.in_(gone)))
             await self._connection.execute(delete(face_edits).where(face_edits.c.face_id.in_(gone)))

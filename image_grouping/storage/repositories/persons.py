@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.records import PersonRecord
@@ -80,18 +80,34 @@ class PersonRepository:
         """Every person of the library, by id; `counted` False: without counting their faces (face_count 0),
         a count over every face that grouping, which reads the persons for each batch, has no use for."""
         if not counted:
-            query = (
-                select(*(persons.c[name] for name in _RECORD_COLUMNS))
-                .where(persons.c.library_id == self._library)
-                .order_by(persons.c.id)
-            )
-            # Unpacked by position: taken by name, a hundred thousand persons' columns cost more than
-            # their query (grouping reads them for every batch).
-            return [
-                PersonRecord(id_, name, bool(hidden), cover, 0, created, updated)
-                for id_, name, hidden, cover, created, updated in await self._connection.execute(query)
-            ]
+            return await self._uncounted()
         return await self._records()
+
+    async def changed_since(self, since: datetime) -> list[PersonRecord]:
+        """The library's persons written at or after `since` (by the writer's clock), by id, without face
+        counts: every write of a person sets its `updated_at`."""
+        return await self._uncounted(persons.c.updated_at >= since)
+
+    async def count(self) -> int:
+        query = select(func.count()).select_from(persons).where(persons.c.library_id == self._library)
+        return int((await self._connection.execute(query)).scalar_one())
+
+    async def ids(self) -> list[int]:
+        query = select(persons.c.id).where(persons.c.library_id == self._library).order_by(persons.c.id)
+        return list((await self._connection.execute(query)).scalars())
+
+    async def _uncounted(self, *conditions: ColumnElement[bool]) -> list[PersonRecord]:
+        query = (
+            select(*(persons.c[name] for name in _RECORD_COLUMNS))
+            .where(persons.c.library_id == self._library, *conditions)
+            .order_by(persons.c.id)
+        )
+        # Unpacked by position: taken by name, a hundred thousand persons' columns cost more than their
+        # query.
+        return [
+            PersonRecord(id_, name, bool(hidden), cover, 0, created, updated)
+            for id_, name, hidden, cover, created, updated in await self._connection.execute(query)
+        ]
 
     async def _records(self, *person_ids: int) -> list[PersonRecord]:
         """Persons with their face counts, by id: all of them, or those of `person_ids`."""
@@ -304,7 +320,10 @@ class PersonRepository:
             await self._connection.execute(
                 update(persons)
                 .where(persons.c.id == person_id)
-                .values(cover_face_id=(await self._connection.execute(best)).scalar_one_or_none())
+                .values(
+                    cover_face_id=(await self._connection.execute(best)).scalar_one_or_none(),
+                    updated_at=now(),
+                )
             )
 
     async def _update(self, person_id: int, **values: Any) -> None:
