@@ -1,8 +1,13 @@
 """Image bytes to an oriented RGB array, decoded no larger than the caller needs.
 
-JPEGs can be decoded at 1/2, 1/4 or 1/8 of their size straight from the DCT coefficients (PIL `draft`),
-which is several times faster than a full decode of a 12-megapixel photo. Callers ask for the smallest
-scale they can use (`min_scale`) and get coordinates back in full-resolution pixels through `scale_x/y`.
+JPEGs can be decoded at 1/2, 1/4 or 1/8 of their size straight from the DCT coefficients, which is
+several times faster than a full decode of a 12-megapixel photo. Callers ask for the smallest scale they
+can use (`min_scale`) and get coordinates back in full-resolution pixels through `scale_x/y`.
+
+PIL reads every header (format, size, orientation: a bomb is refused before any pixel is decoded) and
+decodes every format but the common JPEG (RGB or grey), which OpenCV decodes, to the same pixels: PIL
+holds the GIL while it copies its pixels out (about a millisecond a photo) and the service's other
+threads wait for it; OpenCV releases it for the whole decode and writes the array itself.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -42,6 +49,18 @@ _SIGNATURES = (
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+# Each EXIF orientation's transpose of a (rows, columns, channels) array, as PIL's `exif_transpose` does.
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda pixels: pixels[:, ::-1],
+    3: lambda pixels: pixels[::-1, ::-1],
+    4: lambda pixels: pixels[::-1],
+    5: lambda pixels: pixels.transpose(1, 0, 2),
+    6: lambda pixels: pixels.transpose(1, 0, 2)[:, ::-1],
+    7: lambda pixels: pixels.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda pixels: pixels.transpose(1, 0, 2)[::-1],
+}
+_REDUCED_JPEG = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
+_REDUCED_JPEG[8] = cv2.IMREAD_REDUCED_COLOR_8
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,16 +149,38 @@ def decode_image(
     stored_width, stored_height = image.size
     try:
         scale = max(min_scale, min_long_side / max(stored_width, stored_height))
-        if image.format in ("JPEG", "MPO") and scale < 1.0:
-            image.draft("RGB", (math.ceil(stored_width * scale), math.ceil(stored_height * scale)))
-        image.load()
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if orientation != 1:
-            ImageOps.exif_transpose(image, in_place=True)
+        wanted = (math.ceil(stored_width * scale), math.ceil(stored_height * scale))
+        if image.format == "JPEG" and image.mode in ("RGB", "L"):
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)  # a JPEG's EXIF precedes its pixels
+            pixels = _decode_jpeg(data, _jpeg_reduction(image.size, wanted) if scale < 1.0 else 1)
+            pixels = np.ascontiguousarray(_ORIENT[orientation](pixels)) if orientation in _ORIENT else pixels
+        else:
+            if image.format in ("JPEG", "MPO") and scale < 1.0:
+                image.draft("RGB", wanted)
+            image.load()
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+            if orientation != 1:
+                ImageOps.exif_transpose(image, in_place=True)
+            pixels = np.asarray(image)
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise CorruptImageError(f"the image data is truncated or damaged: {error}") from None
     if orientation in _TRANSPOSED_ORIENTATIONS:
         stored_width, stored_height = stored_height, stored_width
-    return DecodedImage(pixels=np.asarray(image), width=stored_width, height=stored_height)
+    return DecodedImage(pixels=pixels, width=stored_width, height=stored_height)
+
+
+def _jpeg_reduction(size: tuple[int, int], wanted: tuple[int, int]) -> int:
+    """The DCT reduction (1, 2, 4 or 8) that PIL's `draft` picks: the largest that keeps `wanted`."""
+    most = min(size[0] // wanted[0], size[1] // wanted[1])
+    return next(reduction for reduction in (8, 4, 2, 1) if most >= reduction)
+
+
+def _decode_jpeg(data: bytes, reduction: int) -> np.ndarray:
+    """RGB pixels of a JPEG as stored (not oriented), reduced 1, 2, 4 or 8 times, decoded by OpenCV."""
+    flags = _REDUCED_JPEG[reduction] | cv2.IMREAD_IGNORE_ORIENTATION
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if pixels is None:
+        raise CorruptImageError("the image data is truncated or damaged")
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)

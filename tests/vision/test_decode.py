@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import math
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from image_grouping.errors import (
     CorruptImageError,
@@ -100,6 +101,26 @@ def test_jpeg_decodes_reduced_when_asked(photo: Image.Image) -> None:
     assert (decoded.width, decoded.height) == big.size
     assert decoded.pixels.shape[:2] == (big.height // 4, big.width // 4)
     assert decoded.scale == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_jpeg_gives_the_pixels_pil_gives(photo: Image.Image, mode: str, orientation: int) -> None:
+    """JPEGs are decoded by OpenCV (it releases the GIL): PIL's exact pixels, oriented as PIL orients them,
+    at every DCT reduction the callers ask for."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encoded(photo.convert(mode), "JPEG", quality=90, exif=exif.tobytes())
+    for scale in (1.0, 0.5, 0.25, 0.125):
+        expected = Image.open(io.BytesIO(data))
+        if scale < 1:
+            expected.draft("RGB", (math.ceil(photo.width * scale), math.ceil(photo.height * scale)))
+        expected = ImageOps.exif_transpose(expected.convert("RGB"))
+
+        decoded = decode_image(data, max_pixels=MAX_PIXELS, min_scale=scale)
+
+        np.testing.assert_array_equal(decoded.pixels, np.asarray(expected), err_msg=f"scale {scale}")
+        assert decoded.pixels.flags.c_contiguous
 
 
 def test_empty_input_is_refused() -> None:
