@@ -523,7 +523,11 @@ def main() -> None:
     )
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--reference-sizes", default="10000,100000")
-    parser.add_argument("--skip-lfw", action="store_true", help="Reuse the spread measured last time (measured anyway when missing).")
+    parser.add_argument(
+        "--skip-lfw",
+        action="store_true",
+        help="Reuse the spread measured last time (measured anyway when missing).",
+    )
     parser.add_argument("--incremental", default="", help="Library sizes for incremental assignment.")
     parser.add_argument("--batches", type=int, default=4, help="Incremental batches per process.")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child process: one size
