@@ -320,6 +320,8 @@ class WarmGroupingReader:
 
     @staticmethod
     async def _catch_up_persons(uow: UnitOfWork, key: _Key, copy: _Copy) -> None:
+        """The copy's persons as the database holds them: those written since the last refresh read again,
+        then, when their number differs, those deleted dropped and those committed late read."""
         persons = copy.persons
         last = next(reversed(persons), 0)
         changed = await uow.persons.changed_since(copy.read_from)

@@ -59,8 +59,12 @@ _ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
     7: lambda pixels: pixels.transpose(1, 0, 2)[::-1, ::-1],
     8: lambda pixels: pixels.transpose(1, 0, 2)[::-1],
 }
-_REDUCED_JPEG = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
-_REDUCED_JPEG[8] = cv2.IMREAD_REDUCED_COLOR_8
+_REDUCED_JPEG = {
+    1: cv2.IMREAD_COLOR,
+    2: cv2.IMREAD_REDUCED_COLOR_2,
+    4: cv2.IMREAD_REDUCED_COLOR_4,
+    8: cv2.IMREAD_REDUCED_COLOR_8,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +153,7 @@ def decode_image(
     stored_width, stored_height = image.size
     try:
         scale = max(min_scale, min_long_side / max(stored_width, stored_height))
-        wanted = (math.ceil(stored_width * scale), math.ceil(stored_height * scale))
+        wanted = (max(1, math.ceil(stored_width * scale)), max(1, math.ceil(stored_height * scale)))
         if image.format == "JPEG" and image.mode in ("RGB", "L"):
             orientation = image.getexif().get(_EXIF_ORIENTATION, 1)  # a JPEG's EXIF precedes its pixels
             pixels = _decode_jpeg(data, _jpeg_reduction(image.size, wanted) if scale < 1.0 else 1)
