@@ -31,6 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+# The bench's modules, and its tree's `image_grouping` for the bare side too: the service's workers run
+# from that tree (`python -m` in it), and both sides must be the same code whatever the installed package
+# points at (a git worktree's bench would otherwise measure the bare side on another tree's code).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import build_images

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # ours is this tree's `image_grouping`, whatever the installed one points at
 EVAL = REPO.parent / "shared" / "eval"
 LANDSCAPE = (4032, 3024)
 
