@@ -433,9 +433,9 @@ class FakePersons(_Repository):
         self.state.persons = {}
         return ids
 
-    async def get(self, person_ids: Iterable[int]) -> dict[int, PersonRecord]:
+    async def get(self, person_ids: Iterable[int], *, counted: bool = True) -> dict[int, PersonRecord]:
         wanted = set(person_ids)
-        return {person.id: person for person in await self.list() if person.id in wanted}
+        return {person.id: person for person in await self.list(counted=counted) if person.id in wanted}
 
     async def model_packs(self, person_id: int) -> set[str]:
         return {row.model_pack for row in self.state.faces.values() if row.person_id == person_id}

@@ -190,7 +190,7 @@ def _with_capacity(array: np.ndarray, capacity: int, keep: np.ndarray | None = N
 class _Copy:
     rows: _Rows
     persons: dict[int, PersonRecord]  # by id, in the order of their ids
-    read_from: datetime  # the next refresh asks for the faces written since then
+    read_from: datetime  # the next refresh asks for the faces and persons written since then
     filled: float  # time.monotonic() of the last read from scratch
 
 
@@ -339,7 +339,7 @@ class WarmGroupingReader:
                     model_pack=key[1],
                     persons=len(missed),
                 )
-                persons.update(await uow.persons.get(missed))
+                persons.update(await uow.persons.get(missed, counted=False))
                 in_order = False
         if not in_order:
             copy.persons = dict(sorted(persons.items()))

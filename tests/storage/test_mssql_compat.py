@@ -78,6 +78,7 @@ async def _exercise_every_repository_method(uow_factory: Any) -> None:
         await uow.persons.changed_since(datetime.now(UTC) - timedelta(minutes=5))
         await uow.persons.count()
         await uow.persons.ids()
+        await uow.persons.get(persons, counted=False)
         await uow.faces.assign_by_hand(face_ids[1], persons[0])
         await uow.faces.remove_from_person(face_ids[2])
         await uow.images.analysed_by_other_pack("other_pack", PACK, 0, 10)

@@ -255,11 +255,15 @@ class PersonRepository:
 
     # --- edits and deletions by hand (image_grouping.handlers.people) ---
 
-    async def get(self, person_ids: Iterable[int]) -> dict[int, PersonRecord]:
-        """These persons (those that exist) with their face counts, by id."""
+    async def get(self, person_ids: Iterable[int], *, counted: bool = True) -> dict[int, PersonRecord]:
+        """These persons (those that exist), by id; `counted` False: without their face counts, as
+        `list(counted=False)` reads them."""
         found: dict[int, PersonRecord] = {}
         for chunk in chunks(sorted({int(person_id) for person_id in person_ids})):
-            found |= {person.id: person for person in await self._records(*chunk)}
+            records = (
+                await self._records(*chunk) if counted else await self._uncounted(persons.c.id.in_(chunk))
+            )
+            found |= {person.id: person for person in records}
         return found
 
     async def merged_into(self, person_ids: Iterable[int]) -> dict[int, int]:
