@@ -1,4 +1,4 @@
-"""What the repositories share: the clock, chunked IN lists, the key of a stored path."""
+"""What the repositories share: the clock, chunked IN lists, the key of a stored path, clearing covers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from image_grouping.storage.schema import DEFAULT_LIBRARY
+from sqlalchemy import Select, Update, update
+
+from image_grouping.storage.schema import DEFAULT_LIBRARY, persons
 
 IN_CHUNK = 1000  # SQL Server accepts at most 2,100 parameters per statement
 
@@ -30,3 +32,10 @@ def path_key(source_path: str, library_id: str = DEFAULT_LIBRARY) -> str:
         # NUL cannot occur in a path, so no library and path run together into another's
         normalised = f"{library_id}\0{normalised}"
     return hashlib.sha256(normalised.encode()).hexdigest()
+
+
+def covers_cleared(face_ids: Sequence[int] | Select[Any]) -> Update:
+    """The persons whose cover is one of these faces (ids, or a query of them) lose it. Stamped like every
+    write of a person: the warm copy of grouping catches persons up by `updated_at`."""
+    cleared = update(persons).where(persons.c.cover_face_id.in_(face_ids))
+    return cleared.values(cover_face_id=None, updated_at=now())

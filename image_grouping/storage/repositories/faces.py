@@ -12,7 +12,7 @@ from sqlalchemy import Row, bindparam, delete, exists, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from image_grouping.models.records import FaceEdit, FaceRecord, FaceSet
-from image_grouping.storage.repositories.common import chunks, now
+from image_grouping.storage.repositories.common import chunks, covers_cleared, now
 from image_grouping.storage.schema import (
     AUTOMATIC,
     BY_HAND,
@@ -505,11 +505,7 @@ class FaceRepository:
     async def delete(self, face_ids: Sequence[int]) -> None:
         """Delete faces, their cannot-links and the covers they were."""
         for chunk in chunks(sorted({int(face_id) for face_id in face_ids})):
-            await self._connection.execute(
-                update(persons)
-                .where(persons.c.cover_face_id.in_(chunk))
-                .values(cover_face_id=None, updated_at=now())
-            )
+            await self._connection.execute(covers_cleared(chunk))
             await self._connection.execute(delete(cannot_links).where(cannot_links.c.face_id.in_(chunk)))
             await self._connection.execute(delete(face_edits).where(face_edits.c.face_id.in_(chunk)))
             await self._connection.execute(delete(faces).where(faces.c.id.in_(chunk)))

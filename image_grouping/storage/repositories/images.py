@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from image_grouping.models.face_identity import ReanalysisPlan, StoredFace, distinct_boxes, plan_reanalysis
 from image_grouping.models.faces import Box, DetectedFace, ImageAnalysis
 from image_grouping.models.records import ImageRecord, ImageResult
-from image_grouping.storage.repositories.common import chunks, now, path_key
+from image_grouping.storage.repositories.common import chunks, covers_cleared, now, path_key
 from image_grouping.storage.schema import (
     AUTOMATIC,
     DEFAULT_LIBRARY,
@@ -36,7 +36,6 @@ from image_grouping.storage.schema import (
     face_tombstones,
     faces,
     images,
-    persons,
 )
 
 log = structlog.get_logger(__name__)
@@ -376,11 +375,7 @@ class ImageRepository:
                 update(faces).where(faces.c.id.in_(chunk)).values(face_index=-1 - faces.c.face_index)
             )
         for chunk in chunks(gone_ids):
-            await connection.execute(
-                update(persons)
-                .where(persons.c.cover_face_id.in_(chunk))
-                .values(cover_face_id=None, updated_at=now())
-            )
+            await connection.execute(covers_cleared(chunk))
             await connection.execute(delete(faces).where(faces.c.id.in_(chunk)))
         if updates:
             columns = {name[4:]: bindparam(name) for name in updates[0] if name != "face_id"}
@@ -458,11 +453,7 @@ class ImageRepository:
         their forgotten faces, and the covers they were. Persons are left to the caller."""
         for chunk in chunks(sorted({int(image_id) for image_id in image_ids})):
             gone = select(faces.c.id).where(faces.c.image_id.in_(chunk))
-            await self._connection.execute(
-                update(persons)
-                .where(persons.c.cover_face_id.in_(gone))
-                .values(cover_face_id=None, updated_at=now())
-            )
+            await self._connection.execute(covers_cleared(gone))
             await self._connection.execute(delete(cannot_links).where(cannot_links.c.face_id.in_(gone)))
             await self._connection.execute(delete(face_edits).where(face_edits.c.face_id.in_(gone)))
             await self._connection.execute(delete(faces).where(faces.c.image_id.in_(chunk)))
