@@ -314,8 +314,7 @@ class Worker:
                 return
             if outcomes is None:
                 return
-            handled: list[_Delivery] = []
-            events: list[EventData] = []
+            handled: list[tuple[_Delivery, list[EventData]]] = []
             for each, outcome in zip(deliveries, outcomes, strict=True):
                 if isinstance(outcome, BadInputError):
                     with structlog.contextvars.bound_contextvars(
@@ -324,25 +323,25 @@ class Worker:
                     ):
                         await self._dead_letter(route, each.message, outcome, event_type=event_type)
                 else:
-                    handled.append(each)
-                    events.extend(outcome)
+                    handled.append((each, outcome))
             if not handled:
                 return
             # Side by side: the broker takes them in one go and confirms them together.
-            await asyncio.gather(*(self._publisher.publish(new_event(data)) for data in events))
-            await self._acknowledger.acknowledge([each.message for each in handled])
+            await asyncio.gather(
+                *(self._publisher.publish(new_event(data)) for _, events in handled for data in events)
+            )
+            await self._acknowledger.acknowledge([each.message for each, _ in handled])
             elapsed = time.perf_counter() - started
             MESSAGES_HANDLED.labels(event_type).inc(len(handled))
             PROCESSING_SECONDS.labels(event_type).observe(elapsed)
-            published = [data.event_type for data in events]
-            # A line per message, with its own ids, also when it was handled in a batch.
-            for each in handled:
+            # A line per message, with its own ids and events, also when it was handled in a batch.
+            for each, events in handled:
                 log.info(
                     "message handled",
                     message_id=each.message.message_id,
                     image_id=getattr(each.event.data, "image_id", None),
                     seconds=round(elapsed, 3),
-                    published=published,
+                    published=[data.event_type for data in events],
                 )
 
     async def _handle_with_retries(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import pytest
+import structlog.testing
 from service_helpers import add_photo, delete_topology, service_settings
 from sqlalchemy import func, select
 
@@ -187,14 +188,19 @@ async def test_uploads_are_analysed_and_stored_in_batches_and_bad_input_in_a_bat
             BrokerAcknowledger(),
             adapters.probe_database,
         )
-        await worker.start()
-        async with asyncio.timeout(60):
-            while sum(len(call) for call in handled) < 6:  # noqa: ASYNC110 - polls what the handler saw
-                await asyncio.sleep(0.1)
-        await worker.drain(grace_seconds=10)
+        with structlog.testing.capture_logs() as logs:
+            await worker.start()
+            async with asyncio.timeout(60):
+                while sum(len(call) for call in handled) < 6:  # noqa: ASYNC110 - polls the handler
+                    await asyncio.sleep(0.1)
+            await worker.drain(grace_seconds=10)
 
         # Four to a batch; the missing image is refused alone and its batch's other image stored once.
         assert handled == [["e", "f", "a", "b"], ["c", "d"]]
+        # A line per message handled, with the events of that message only, also in a batch.
+        lines = [line for line in logs if line["event"] == "message handled"]
+        assert sorted(line["image_id"] for line in lines) == ["a", "b", "d", "e", "f"]
+        assert all(line["published"] == ["faces.detected"] for line in lines)
         await channel.close()  # unacknowledged messages would go back to the queue now
         check = await connection.channel()
         pending = await check.declare_queue(settings.upload_queue, passive=True)
