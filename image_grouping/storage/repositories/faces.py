@@ -381,11 +381,7 @@ class FaceRepository:
         await self._set_by_hand(face_id, None)
         if person_id is None:
             return
-        await self._connection.execute(
-            update(persons)
-            .where(persons.c.id == person_id, persons.c.cover_face_id == face_id)
-            .values(cover_face_id=None, updated_at=now())
-        )
+        await self._connection.execute(covers_cleared([face_id]).where(persons.c.id == person_id))
         known = await self._connection.execute(
             select(cannot_links.c.face_id).where(
                 cannot_links.c.face_id == face_id, cannot_links.c.person_id == person_id
@@ -486,11 +482,7 @@ class FaceRepository:
             .where(faces.c.id == face_id, faces.c.person_id == person_id)
             .values(person_id=None, assigned_by=BY_HAND, updated_at=now())
         )
-        await self._connection.execute(
-            update(persons)
-            .where(persons.c.id == person_id, persons.c.cover_face_id == face_id)
-            .values(cover_face_id=None, updated_at=now())
-        )
+        await self._connection.execute(covers_cleared([face_id]).where(persons.c.id == person_id))
         if not await self.is_refused(face_id, person_id):
             await self._connection.execute(
                 insert(cannot_links).values(face_id=face_id, person_id=person_id, created_at=now())
