@@ -105,7 +105,7 @@ def session_options(params: VisionParams) -> tuple[ort.SessionOptions, list[str]
     # The arena keeps the memory of one run for the next. Without it every run's tensors came fresh from
     # malloc, and on 12 MP photos that cost 560-3,300 page faults and 3-10 ms of kernel time an image,
     # varying from process to process, against 260 and 2.5-2.9 ms with it; 5% more images a second on
-    # average, at no more peak memory per service worker (bench/load.py).
+    # average, and 60 MB less at peak in bench/pipeline.py (README: "The onnxruntime arena").
     options.enable_cpu_mem_arena = True
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
