@@ -154,10 +154,10 @@ class Settings(BaseSettings):
     )
     dead_letter_exchange: str = Field(default="image-grouping.dlx", description="Dead-letter exchange.")
     dead_letter_queue: str = Field(default="image-grouping.dead-letter", description="Dead-letter queue.")
-    prefetch_count: int = Field(default=48, ge=1, description="Unacknowledged messages per consumer.")
-    max_in_flight: int = Field(default=32, ge=1, description="Images processed at the same time.")
+    prefetch_count: int = Field(default=96, ge=1, description="Unacknowledged messages per consumer.")
+    max_in_flight: int = Field(default=64, ge=1, description="Images processed at the same time.")
     detection_batch_size: int = Field(
-        default=16,
+        default=32,
         ge=1,
         description="image.uploaded messages analysed together and stored in one transaction, at most.",
     )
