@@ -158,6 +158,8 @@ class Adapters:
             thumbnails=self.thumbnails,
             files=self.files,
             skip_known_content=skip_known_content,
+            # Enough read ahead that an analysis thread never waits for a file.
+            read_ahead=asyncio.Semaphore(2 * self.settings.analysis_workers),
         )
 
     def grouping_deps(self) -> GroupingDeps:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -56,6 +57,9 @@ class DetectionDeps:
     # Repack: an image that cannot be read keeps its old result instead of being marked failed.
     record_failures: bool = True
     after_store: AfterStore | None = None
+    # Images read and not yet analysed, at most: each holds its file's bytes, so this bounds that memory
+    # however many images are in flight (None: no bound).
+    read_ahead: asyncio.Semaphore | None = None
 
 
 async def handle_images_uploaded(events: Sequence[ImageUploaded], deps: DetectionDeps) -> list[Outcome]:
@@ -197,6 +201,11 @@ async def _hand_boxes(events: Sequence[ImageUploaded], deps: DetectionDeps) -> d
 async def _load(event: ImageUploaded, deps: DetectionDeps, hand: Sequence[Box] = ()) -> _Loaded | None:
     """Read and analyse one image, with the faces added by hand at `hand` (None: content already known,
     skipped); bad input is recorded and raised."""
+    async with deps.read_ahead or nullcontext():
+        return await _read_and_analyse(event, deps, hand)
+
+
+async def _read_and_analyse(event: ImageUploaded, deps: DetectionDeps, hand: Sequence[Box]) -> _Loaded | None:
     try:
         data, content_hash = await asyncio.to_thread(deps.files.read, event.path)
     except BadInputError as error:

@@ -4,6 +4,9 @@ same handlers on the real adapters."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +21,7 @@ from image_grouping.handlers.recognition import (
     handle_faces_detected,
     handle_recluster_requested,
 )
-from image_grouping.models.faces import DetectedFace, FaceQuality, ImageAnalysis
+from image_grouping.models.faces import DetectedFace, FaceQuality, HandBox, ImageAnalysis
 from image_grouping.models.messages import (
     PERIODIC,
     FacesDetected,
@@ -137,6 +140,38 @@ async def test_a_transient_failure_stores_nothing_of_the_batch_and_is_raised(dat
 
     assert database.committed.faces == {}  # the faces' transaction rolled back; the image stays registered
     assert [image.status for image in database.committed.images.values()] == ["pending"]
+
+
+async def test_no_more_images_wait_read_for_analysis_than_the_read_ahead(database: FakeDatabase) -> None:
+    photos = {f"{index}.jpg": [] for index in range(8)}
+    events = [ImageUploaded(image_id=str(index), path=path) for index, path in enumerate(photos)]
+
+    async def most_waiting(read_ahead: asyncio.Semaphore | None) -> int:
+        """The most images read and not yet analysed at any moment while the batch is handled."""
+        deps = replace(detection(database, photos), read_ahead=read_ahead)
+        lock, counts = threading.Lock(), {"read": 0, "analysed": 0, "most": 0}
+        read, analyse = deps.files.read, deps.analyzer.analyze_async
+
+        def counting_read(path: str) -> tuple[bytes, str]:
+            with lock:
+                counts["read"] += 1
+                counts["most"] = max(counts["most"], counts["read"] - counts["analysed"])
+            return read(path)
+
+        async def slow_analyse(data: bytes, hand: Sequence[HandBox] = ()) -> ImageAnalysis:
+            await asyncio.sleep(0.01)  # long enough for unbounded reads to run ahead
+            with lock:
+                counts["analysed"] += 1
+            return await analyse(data, hand)
+
+        deps.files.read = counting_read  # type: ignore[method-assign]
+        deps.analyzer.analyze_async = slow_analyse  # type: ignore[method-assign]
+        outcomes = await handle_images_uploaded(events, deps)
+        assert all(isinstance(outcome, list) and len(outcome) == 1 for outcome in outcomes)
+        return counts["most"]
+
+    assert await most_waiting(asyncio.Semaphore(2)) == 2
+    assert await most_waiting(None) > 2  # without the bound the whole batch is read at once
 
 
 def grouping(database: FakeDatabase, now: datetime | None = None, interval: float = 900.0) -> GroupingDeps:
