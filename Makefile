@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DIR ?= ../shared/eval/groups
 
-.PHONY: setup system-packages scan serve test lint screenshots docker-e2e
+.PHONY: setup bench-setup system-packages scan serve test lint screenshots docker-e2e
 
 $(BIN)/image-grouping: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ setup: system-packages $(BIN)/image-grouping
 
 system-packages:
 	@scripts/install-system-packages
+
+# The benchmarks' references (bench/pipeline.py's plain InsightFace, psutil): not needed to run or test.
+bench-setup: setup
+	$(BIN)/pip install -q -e '.[dev,licence-clean,bench]'
 
 # Analyse a folder of photos into the embedded SQLite database, group the faces, write the gallery.
 scan: setup
