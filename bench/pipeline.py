@@ -240,8 +240,8 @@ def main() -> None:
             "small": len(link_small_photos(folders["small"], args.small, args.seed)),
         }
         print(f"{sizes['12 MP']} images of 12 MP, {sizes['small']} small photos, {os.cpu_count()} CPUs")
-        ratios: dict[str, list[float]] = {name: [] for name in folders}
-        seconds: dict[str, dict[str, float]] = {name: {"insightface": 0.0, "ours": 0.0} for name in folders}
+        # Each round's seconds of each set: (insightface, ours).
+        seconds: dict[str, list[tuple[float, float]]] = {name: [] for name in folders}
         last: dict[str, dict] = {}
         for round_index in range(args.rounds):
             order = ("insightface", "ours") if round_index % 2 == 0 else ("ours", "insightface")
@@ -258,23 +258,20 @@ def main() -> None:
                 sequence = " then ".join(labels[name] for name in order)
                 print(f"--- {set_name}, round {round_index + 1} ({sequence})")
                 report(results, sizes[set_name], labels)
-                ratios[set_name].append(
-                    float(results["insightface"]["seconds"]) / float(results["ours"]["seconds"])
-                )
-                for name in seconds[set_name]:
-                    seconds[set_name][name] += float(results[name]["seconds"])
-                ratio = ratios[set_name][-1]
-                print(f"throughput ratio {labels['ours']} / {labels['insightface']}: {ratio:.2f}x")
+                reference, ours = (float(results[name]["seconds"]) for name in ("insightface", "ours"))
+                seconds[set_name].append((reference, ours))
+                print(f"throughput ratio {labels['ours']} / {labels['insightface']}: {reference / ours:.2f}x")
                 last[set_name] = results
 
     for set_name, results in last.items():
         print(f"=== {set_name}")
         # One side's run of a set lasts seconds, so a burst of load on the machine moves a round's ratio;
         # all rounds' images over all their seconds weigh every round by its length.
-        pooled = seconds[set_name]["insightface"] / seconds[set_name]["ours"]
+        rounds = seconds[set_name]
+        pooled = sum(reference for reference, _ in rounds) / sum(ours for _, ours in rounds)
         print(
-            f"throughput ratio over {len(ratios[set_name])} rounds: "
-            + ", ".join(f"{r:.2f}x" for r in ratios[set_name])
+            f"throughput ratio over {len(rounds)} rounds: "
+            + ", ".join(f"{reference / ours:.2f}x" for reference, ours in rounds)
             + f"; all rounds together {pooled:.2f}x"
         )
         same_kind = results["ours"]["embeddings"].shape[1:] == results["insightface"]["embeddings"].shape[1:]
