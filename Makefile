@@ -19,7 +19,7 @@ system-packages:
 
 # The benchmarks' references (bench/pipeline.py's plain InsightFace, psutil): not needed to run or test.
 bench-setup: setup
-	$(BIN)/pip install -q -e '.[dev,licence-clean,bench]'
+	$(BIN)/pip install -q -e '.[bench]'
 
 # Analyse a folder of photos into the embedded SQLite database, group the faces, write the gallery.
 scan: setup
