@@ -16,6 +16,7 @@ from pathlib import Path
 from image_grouping.models.faces import ImageAnalysis
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 class ThumbnailStore:
@@ -26,18 +27,25 @@ class ThumbnailStore:
         self._storage = system_storage.resolve()
 
     def save(self, image_key: str, face_index: int, jpeg: bytes) -> str:
-        """Write atomically (a reader never sees half a file) and return the posix path relative to
+        """Write the file so that no reader sees half of it and return the posix path relative to
         SYSTEM_STORAGE, or the absolute one when the thumbnails live elsewhere."""
         target = self._file(image_key, face_index)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
         try:
-            os.fchmod(handle, 0o644)  # mkstemp makes it private; the gallery and web servers read it
+            # A new file is written in place: no row names it before the commit that follows.
+            handle, written = os.open(target, _NEW_FILE, 0o644), target
+        except FileExistsError:
+            # The face analysed again: a committed row names this file, so it is replaced whole.
+            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".jpg")
+            written = Path(temporary)
+        try:
+            os.fchmod(handle, 0o644)  # whatever the umask or mkstemp's 0o600: the gallery and web read it
             with os.fdopen(handle, "wb") as file:
                 file.write(jpeg)
-            os.replace(temporary, target)
+            if written != target:
+                os.replace(written, target)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            written.unlink(missing_ok=True)
             raise
         if target.is_relative_to(self._storage):
             return target.relative_to(self._storage).as_posix()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -105,6 +107,23 @@ def test_thumbnails_are_saved_under_system_storage_with_a_relative_path(tmp_path
     assert store.path_of(first).read_bytes() == b"second"
     assert (tmp_path / "data" / odd).resolve().is_relative_to(tmp_path / "data" / "thumbnails" / DB)
     assert not list((tmp_path / "data" / "thumbnails").rglob(".tmp-*"))  # no temporary files left
+
+
+def test_a_thumbnail_is_readable_by_all_and_replaced_whole(tmp_path: Path) -> None:
+    """New files are written in place, files of faces analysed again replaced by a rename: a reader of
+    the old file (a web server sending it) reads it whole."""
+    store = ThumbnailStore(tmp_path / "data" / "thumbnails", tmp_path / "data", DB)
+    umask = os.umask(0o077)
+    try:
+        path = store.path_of(store.save("42", 0, b"old thumbnail"))
+        with path.open("rb") as reader:
+            store.save("42", 0, b"new")
+            assert reader.read() == b"old thumbnail"
+    finally:
+        os.umask(umask)
+
+    assert path.read_bytes() == b"new"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_thumbnails_outside_system_storage_get_an_absolute_path(tmp_path: Path) -> None:
