@@ -12,6 +12,10 @@ For each worker count W, in one run:
 - service: W `image-grouping consume` processes on the real RabbitMQ and PostgreSQL; all uploads are
   queued before the workers start (so the uploader's CPU is not the service's) and throughput is
   uploads / (last faces.detected - first worker up);
+- rounds (`--rounds`, 3): the two sides alternate, bare, service, bare, in each round, and the ratio is
+  pooled over all rounds (all images over all seconds, each side). The host's speed drifts by more than
+  the service's overhead from minute to minute (see the README), so one round's ratio is printed but
+  not judged;
 - latency, publish to faces.detected: of that backlog, and paced at 70% of the measured throughput;
 - the peak resident memory (VmHWM) of each worker process.
 It prints the figures, the ratio service / bare (target >= 0.93), and where the CPU went per image:
@@ -29,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 # The bench's modules, and its tree's `image_grouping` for the bare side too: the service's workers run
@@ -38,7 +43,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import build_images
-from service_harness import Bus, Harness, cpu_reading, cpu_spent, cycled, detection_photos, percentile
+from service_harness import (
+    CPU_GROUPS,
+    Bus,
+    Harness,
+    cpu_reading,
+    cpu_spent,
+    cycled,
+    detection_photos,
+    percentile,
+)
 
 from image_grouping.config import load_settings
 
@@ -66,6 +80,21 @@ def _bare_worker(paths: list[Path], ready: multiprocessing.Queue, start: multipr
     started, cpu_started = time.perf_counter(), time.process_time()
     asyncio.run(analyse_all())
     ready.put(("done", time.perf_counter() - started, time.process_time() - cpu_started))
+
+
+@dataclass
+class ServiceRound:
+    """One service run over the backlog: its seconds (first worker up to last `faces.detected`), the
+    latencies of the backlog and of the paced uploads, each worker's peak memory, and the CPU seconds of
+    each group (service_harness.CPU_GROUPS) and of the whole machine over the backlog."""
+
+    seconds: float
+    backlog_latency: list[float]
+    paced_rate: float
+    paced_latency: list[float]
+    peak_rss_mib: list[float]
+    cpu_seconds: dict[str, float]
+    capacity_seconds: float
 
 
 def bare_seconds(paths: list[Path], processes: int) -> tuple[float, float]:
@@ -101,7 +130,7 @@ def latencies(bus: Bus, image_ids: list[str]) -> list[float]:
     return [bus.detected[image_id][0][0] - bus.published_at[image_id] for image_id in image_ids]
 
 
-async def service_run(photos: list[Path], count: int, workers: int, paced_count: int) -> dict[str, float]:
+async def service_run(photos: list[Path], count: int, workers: int, paced_count: int) -> ServiceRound:
     harness = Harness()
     try:
         uploads = [
@@ -142,23 +171,16 @@ async def service_run(photos: list[Path], count: int, workers: int, paced_count:
         peak_rss = [harness.peak_rss_mib(index) for index in range(workers)]
         harness.stop_workers()  # before the queues go, or their robust channels declare them again
         await bus.delete_topology()
-        return {
-            "throughput": throughput,
-            "backlog_p50": percentile(backlog_latency, 0.50),
-            "backlog_p95": percentile(backlog_latency, 0.95),
-            "backlog_p99": percentile(backlog_latency, 0.99),
-            "paced_rate": 0.7 * throughput,
-            "paced_p50": percentile(paced_latency, 0.50),
-            "paced_p95": percentile(paced_latency, 0.95),
-            "paced_p99": percentile(paced_latency, 0.99),
-            "peak_rss_mib_max": max(peak_rss),
-            "peak_rss_mib_total": sum(peak_rss),
-            "cpu_ms_per_image": {
-                group: 1000 * seconds / count for group, seconds in cpu_spent(cpu_before, cpu_after).items()
-            },
+        return ServiceRound(
+            seconds=last_detected - started,
+            backlog_latency=backlog_latency,
+            paced_rate=0.7 * throughput,
+            paced_latency=paced_latency,
+            peak_rss_mib=peak_rss,
+            cpu_seconds=cpu_spent(cpu_before, cpu_after),
             # The machine's CPU time over the same window: what no group above holds went elsewhere.
-            "capacity_ms_per_image": 1000 * window * (os.cpu_count() or 1) / count,
-        }
+            capacity_seconds=window * (os.cpu_count() or 1),
+        )
     finally:
         harness.close()
 
@@ -170,6 +192,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="uploads in the throughput phase")
     parser.add_argument("--workers", default="1,2", help="worker process counts to measure, e.g. 1,2")
     parser.add_argument("--paced-count", type=int, default=200, help="uploads in the paced latency phase")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of bare, service, bare, pooled into the ratio"
+    )
     parser.add_argument(
         "--photos",
         choices=["detection", "12mp"],
@@ -194,47 +219,65 @@ def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
     print(f"{arguments.count} uploads of {distinct} distinct {arguments.photos} photos")
     for photo in photos:  # into the page cache, so the first side measured does not read from disk
         photo.read_bytes()
+    half = len(paths) // 2
     for workers in (int(value) for value in arguments.workers.split(",")):
-        # Half the reference before the service and half after, so drifting load on the machine
-        # weighs on both sides alike.
-        half = len(paths) // 2
-        before, cpu_before = bare_seconds(paths[:half], workers)
-        result = asyncio.run(service_run(photos, arguments.count, workers, arguments.paced_count))
-        after, cpu_after = bare_seconds(paths[half:], workers)
-        bare = len(paths) / (before + after)
-        bare_cpu_ms = 1000 * (cpu_before + cpu_after) / len(paths)
-        print(f"\n== {workers} worker process(es) ==")
-        print(
-            f"bare pipeline      {bare:8.2f} images/s  "
-            f"(first half {half / before:.2f}/s before the service, "
-            f"second half {(len(paths) - half) / after:.2f}/s after)"
-        )
-        print(f"service            {result['throughput']:8.2f} images/s")
-        print(f"ratio service/bare {result['throughput'] / bare:8.3f}  (target >= 0.93)")
-        print(
-            "latency, backlog of {count}: p50 {backlog_p50:.2f}s  p95 {backlog_p95:.2f}s  "
-            "p99 {backlog_p99:.2f}s".format(count=arguments.count, **result)
-        )
-        print(
-            "latency, paced at {paced_rate:.1f}/s: p50 {paced_p50:.3f}s  p95 {paced_p95:.3f}s  "
-            "p99 {paced_p99:.3f}s".format(**result)
-        )
-        print(
-            "peak memory: per worker {peak_rss_mib_max:.0f} MiB, "
-            "all workers {peak_rss_mib_total:.0f} MiB".format(**result)
-        )
-        cpu = result["cpu_ms_per_image"]
-        service_cpu = cpu["event loop"] + cpu["other threads"]
-        print(
-            f"CPU per image: bare pipeline {bare_cpu_ms:.1f} ms; service workers {service_cpu:.1f} ms "
-            f"({service_cpu / bare_cpu_ms:.3f} of bare: event loop {cpu['event loop']:.1f}, "
-            f"other threads {cpu['other threads']:.1f}), RabbitMQ {cpu['RabbitMQ']:.1f}, "
-            f"PostgreSQL {cpu['PostgreSQL']:.1f}, kernel workers {cpu['kernel workers']:.1f}, "
-            f"this benchmark {cpu['benchmark']:.1f}, idle {cpu['idle']:.1f}, "
-            f"stolen by the host {cpu['steal']:.1f}, "
-            f"other processes {result['capacity_ms_per_image'] - sum(cpu.values()):.1f} "
-            f"(of {result['capacity_ms_per_image']:.1f})"
-        )
+        print(f"\n== {workers} worker process(es), {arguments.rounds} round(s) ==")
+        bare_total = bare_cpu = 0.0
+        rounds: list[ServiceRound] = []
+        for number in range(1, arguments.rounds + 1):
+            # Half the reference before the service and half after, so drifting load on the machine
+            # weighs on both sides alike.
+            before, cpu_before = bare_seconds(paths[:half], workers)
+            service = asyncio.run(service_run(photos, arguments.count, workers, arguments.paced_count))
+            after, cpu_after = bare_seconds(paths[half:], workers)
+            bare_total, bare_cpu = bare_total + before + after, bare_cpu + cpu_before + cpu_after
+            rounds.append(service)
+            print(
+                f"round {number}: bare {len(paths) / (before + after):.2f} images/s (first half "
+                f"{half / before:.2f}/s before the service, second half {(len(paths) - half) / after:.2f}/s "
+                f"after), service {arguments.count / service.seconds:.2f} images/s, ratio "
+                f"{(arguments.count / service.seconds) / (len(paths) / (before + after)):.3f}"
+            )
+        report(rounds, arguments.count, bare=len(paths) * len(rounds) / bare_total, bare_cpu_seconds=bare_cpu)
+
+
+def report(rounds: list[ServiceRound], count: int, bare: float, bare_cpu_seconds: float) -> None:
+    """The rounds pooled: every side's images over its seconds, latencies and CPU over all uploads."""
+    uploads = count * len(rounds)
+    throughput = uploads / sum(service.seconds for service in rounds)
+    backlog = [latency for service in rounds for latency in service.backlog_latency]
+    paced = [latency for service in rounds for latency in service.paced_latency]
+    print(f"bare pipeline      {bare:8.2f} images/s")
+    print(f"service            {throughput:8.2f} images/s")
+    print(f"ratio service/bare {throughput / bare:8.3f}  (all rounds pooled; target >= 0.93)")
+    print(
+        f"latency, backlog of {count}: p50 {percentile(backlog, 0.50):.2f}s  "
+        f"p95 {percentile(backlog, 0.95):.2f}s  p99 {percentile(backlog, 0.99):.2f}s"
+    )
+    paced_rates = ", ".join(f"{service.paced_rate:.1f}" for service in rounds)
+    print(
+        f"latency, paced at {paced_rates}/s: p50 {percentile(paced, 0.50):.3f}s  "
+        f"p95 {percentile(paced, 0.95):.3f}s  p99 {percentile(paced, 0.99):.3f}s"
+    )
+    print(
+        f"peak memory: per worker {max(max(service.peak_rss_mib) for service in rounds):.0f} MiB, "
+        f"all workers {max(sum(service.peak_rss_mib) for service in rounds):.0f} MiB"
+    )
+    cpu = {
+        group: 1000 * sum(service.cpu_seconds[group] for service in rounds) / uploads for group in CPU_GROUPS
+    }
+    capacity = 1000 * sum(service.capacity_seconds for service in rounds) / uploads
+    bare_cpu_ms = 1000 * bare_cpu_seconds / uploads
+    service_cpu = cpu["event loop"] + cpu["other threads"]
+    print(
+        f"CPU per image: bare pipeline {bare_cpu_ms:.1f} ms; service workers {service_cpu:.1f} ms "
+        f"({service_cpu / bare_cpu_ms:.3f} of bare: event loop {cpu['event loop']:.1f}, "
+        f"other threads {cpu['other threads']:.1f}), RabbitMQ {cpu['RabbitMQ']:.1f}, "
+        f"PostgreSQL {cpu['PostgreSQL']:.1f}, kernel workers {cpu['kernel workers']:.1f}, "
+        f"this benchmark {cpu['benchmark']:.1f}, idle {cpu['idle']:.1f}, "
+        f"stolen by the host {cpu['steal']:.1f}, "
+        f"other processes {capacity - sum(cpu.values()):.1f} (of {capacity:.1f})"
+    )
 
 
 if __name__ == "__main__":
