@@ -16,7 +16,8 @@ from pathlib import Path
 from image_grouping.models.faces import ImageAnalysis
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+# Python's descriptors are not inherited anyway (PEP 446); O_BINARY exists on Windows alone.
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 class ThumbnailStore:
