@@ -116,6 +116,7 @@ def test_a_thumbnail_is_readable_by_all_and_replaced_whole(tmp_path: Path) -> No
     umask = os.umask(0o077)
     try:
         path = store.path_of(store.save("42", 0, b"old thumbnail"))
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
         with path.open("rb") as reader:
             store.save("42", 0, b"new")
             assert reader.read() == b"old thumbnail"
