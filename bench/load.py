@@ -238,11 +238,11 @@ def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
             after, cpu_after = bare_seconds(paths[half:], workers)
             bare_total, bare_cpu = bare_total + before + after, bare_cpu + cpu_before + cpu_after
             rounds.append(service)
+            bare_rate, service_rate = len(paths) / (before + after), arguments.count / service.seconds
             print(
-                f"round {number}: bare {len(paths) / (before + after):.2f} images/s (first half "
-                f"{half / before:.2f}/s before the service, second half {(len(paths) - half) / after:.2f}/s "
-                f"after), service {arguments.count / service.seconds:.2f} images/s, ratio "
-                f"{(arguments.count / service.seconds) / (len(paths) / (before + after)):.3f}"
+                f"round {number}: bare {bare_rate:.2f} images/s (first half {half / before:.2f}/s before "
+                f"the service, second half {(len(paths) - half) / after:.2f}/s after), service "
+                f"{service_rate:.2f} images/s, ratio {service_rate / bare_rate:.3f}"
             )
         report(rounds, arguments.count, bare=len(paths) * len(rounds) / bare_total, bare_cpu_seconds=bare_cpu)
 
