@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import aio_pika
@@ -191,9 +192,11 @@ class Harness:
 
 @dataclass
 class Bus:
-    """Publishes uploads with confirms and records each `faces.detected`: on a durable quorum queue, so
-    the record survives a broker restart, or (`durable_observer=False`) on a classic exclusive queue,
-    the lightest instrument where the broker stays up."""
+    """Publishes uploads with confirms and records each `faces.detected`: as it comes, from a durable
+    quorum queue, so the record survives a broker restart; or (`durable_observer=False`) afterwards,
+    from a classic exclusive queue that the broker only counts meanwhile (`wait_announced`, then
+    `collect`), so that this process spends no CPU on each event on the machine the service is measured
+    on. Either way an event is recorded at the time it was received or, collected afterwards, published."""
 
     harness: Harness
     durable_observer: bool = True
@@ -214,15 +217,29 @@ class Bus:
         else:
             observer = await self.channel.declare_queue(self.harness.observer_queue, exclusive=True)
         await observer.bind(self.exchange, "faces.detected")
-        # The light observer takes its messages unacknowledged: one frame less each, on the machine
-        # whose CPU the service is measured on.
-        await observer.consume(self._on_detected, no_ack=not self.durable_observer)
+        self.observer = observer
+        if self.durable_observer:
+            await observer.consume(self._on_detected)
 
     async def _on_detected(self, message: AbstractIncomingMessage) -> None:
         data = json.loads(message.body)["data"]
         self.detected.setdefault(data["image_id"], []).append((time.time(), data))
-        if self.durable_observer:
-            await message.ack()
+        await message.ack()
+
+    async def wait_announced(self, count: int, within: float) -> None:
+        """Wait until the counted observer queue holds `count` events (one passive declare a poll)."""
+        deadline = time.monotonic() + within
+        while (await self.observer.declare()).message_count < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {count} faces.detected after {within}s")
+            await asyncio.sleep(0.05)
+
+    async def collect(self) -> None:
+        """Record the events waiting on the counted observer queue, each at the time it was published."""
+        while (message := await self.observer.get(no_ack=True, fail=False)) is not None:
+            event = json.loads(message.body)
+            published = datetime.fromisoformat(event["time"]).timestamp()
+            self.detected.setdefault(event["data"]["image_id"], []).append((published, event["data"]))
 
     async def upload(self, image_id: str, path: str) -> None:
         await self.publish_raw(new_event(ImageUploaded(image_id=image_id, path=path)).to_json(), image_id)
