@@ -132,8 +132,10 @@ def latencies(bus: Bus, image_ids: list[str]) -> list[float]:
     return [bus.detected[image_id][0][0] - bus.published_at[image_id] for image_id in image_ids]
 
 
-async def service_run(photos: list[Path], count: int, workers: int, paced_count: int) -> ServiceRound:
-    harness = Harness()
+async def service_run(
+    photos: list[Path], count: int, workers: int, paced_count: int, folder: Path
+) -> ServiceRound:
+    harness = Harness(parent=folder)  # its files stay until the benchmark ends (see Harness.parent)
     try:
         uploads = [
             (f"load-{index}", harness.add_image(photo, f"{index:06d}_{photo.name}"))
@@ -214,10 +216,10 @@ def main() -> None:
             photos = build_images(Path(folder), arguments.distinct, seed=0)
         else:
             photos = detection_photos()
-        measure(photos, arguments)
+        measure(photos, arguments, Path(folder))
 
 
-def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
+def measure(photos: list[Path], arguments: argparse.Namespace, folder: Path) -> None:
     paths = [photo for _, photo in cycled(photos, arguments.count)]
     distinct = min(len(photos), arguments.count)
     print(f"{arguments.count} uploads of {distinct} distinct {arguments.photos} photos")
@@ -232,7 +234,9 @@ def measure(photos: list[Path], arguments: argparse.Namespace) -> None:
             # Half the reference before the service and half after, so drifting load on the machine
             # weighs on both sides alike.
             before, cpu_before = bare_seconds(paths[:half], workers)
-            service = asyncio.run(service_run(photos, arguments.count, workers, arguments.paced_count))
+            service = asyncio.run(
+                service_run(photos, arguments.count, workers, arguments.paced_count, folder)
+            )
             after, cpu_after = bare_seconds(paths[half:], workers)
             bare_total, bare_cpu = bare_total + before + after, bare_cpu + cpu_before + cpu_after
             rounds.append(service)

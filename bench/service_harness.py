@@ -46,13 +46,25 @@ def percentile(values: list[float], share: float) -> float:
 
 @dataclass
 class Harness:
-    """One run's database, broker names, images root and worker processes; `close()` removes them."""
+    """One run's database, broker names, images root and worker processes; `close()` removes them (its
+    folder only when it is in the system's temporary folder: see `parent`)."""
 
     run: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ig-bench-")))
+    # Where the run's folder goes. None: the system's temporary folder, removed by `close()`. A folder
+    # of the caller's: left there, removed with it. A benchmark of several rounds keeps its rounds' files
+    # until it ends: on an ext4 without a journal (this machine's) the kernel skips inodes deleted in the
+    # last 60-360 s, and the thousands of thumbnails one round deleted made the next round's thumbnail
+    # writes dearer (up to 0.6 ms an image on the 12 MP set: see the README).
+    parent: Path | None = None
+    work: Path = field(init=False)
     workers: dict[int, subprocess.Popen] = field(default_factory=dict)
+    # The worker process: the real service, or (bench/overhead.py) the same with its analysis canned.
+    worker_command: list[str] = field(
+        default_factory=lambda: [sys.executable, "-m", "image_grouping.cli", "consume"]
+    )
 
     def __post_init__(self) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="ig-bench-", dir=self.parent))
         self.database = f"bench_{self.run}"
         admin = psycopg2.connect(POSTGRES_ADMIN_DSN)
         admin.autocommit = True
@@ -128,7 +140,7 @@ class Harness:
         environment = self.environment | {"LIVENESS_FILE": str(self.liveness_file(index))}
         log = (self.work / f"worker-{index}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "image_grouping.cli", "consume"],
+            self.worker_command,
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -187,7 +199,8 @@ class Harness:
         with admin.cursor() as cursor:
             cursor.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
         admin.close()
-        shutil.rmtree(self.work, ignore_errors=True)
+        if self.parent is None:
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 @dataclass
