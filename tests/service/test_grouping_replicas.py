@@ -33,7 +33,13 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from image_grouping.config import Settings
-from image_grouping.consumer.topology import LIBRARY_HEADER, declared_names
+from image_grouping.consumer.topology import (
+    LIBRARY_HEADER,
+    declare_topology,
+    declared_names,
+    replicas_queue_name,
+    shard_queue_name,
+)
 from image_grouping.models.messages import EventData, FacesDetected, ReclusterRequested, new_event
 from image_grouping.storage import ensure_schema
 from image_grouping.storage.schema import AUTOMATIC, faces, images, persons, recluster_runs
@@ -41,7 +47,7 @@ from image_grouping.storage.schema import AUTOMATIC, faces, images, persons, rec
 pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-LIBRARIES = [f"family-{n}" for n in range(8)]
+LIBRARIES_A_SHARD = 4  # libraries on each of the two grouping shards
 IDENTITIES, PER_IDENTITY, DIM = 120, 12, 512  # 1,440 faces a library
 FIRST_FACES = 9  # of each identity stored at first and reclustered; the rest come as faces.detected
 NOISE = 0.6
@@ -198,6 +204,30 @@ async def publish(channel: aio_pika.abc.AbstractChannel, settings: Settings, dat
     await exchange.publish(message, data.event_type)
 
 
+async def libraries_on_both_shards(channel: aio_pika.abc.AbstractChannel, settings: Settings) -> list[str]:
+    """Library ids, LIBRARIES_A_SHARD of them on each of the two grouping shards. The consistent-hash
+    exchange places a library on a ring drawn from the shard queues' names, which are new in every run, so
+    fixed ids may all land on one shard, where the replicas can never group at the same time. Each
+    candidate is sent once and found in its shard's queue; the queues are purged after."""
+    await declare_topology(channel, settings)
+    underlay = await channel.get_underlay_channel()  # the broker's counts, not the robust channel's cache
+    chosen: dict[str, list[str]] = {shard_queue_name(settings, shard): [] for shard in range(2)}
+    counts = dict.fromkeys(chosen, 0)
+    for number in itertools.count():
+        if all(len(libraries) >= LIBRARIES_A_SHARD for libraries in chosen.values()):
+            break
+        library = f"family-{number}"
+        await publish(channel, settings, ReclusterRequested(library_id=library, reason="which shard"))
+        for queue, libraries in chosen.items():
+            count = int((await underlay.queue_declare(queue, passive=True)).message_count or 0)
+            if count > counts[queue] and len(libraries) < LIBRARIES_A_SHARD:
+                libraries.append(library)
+            counts[queue] = count
+    for queue in chosen:
+        await underlay.queue_purge(queue)
+    return [library for libraries in chosen.values() for library in libraries]
+
+
 async def wait_for(condition, within: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + within
     while not await condition():
@@ -215,18 +245,19 @@ async def test_two_replicas_group_libraries_side_by_side_and_one_killed_mid_recl
     pack = settings.model_pack
     engine = create_async_engine(fresh_postgres_url)
     await ensure_schema(engine)
-    embeddings = {library: library_faces(n) for n, library in enumerate(LIBRARIES)}
+    connection = await aio_pika.connect_robust(rabbitmq_url)
+    channel = await connection.channel(publisher_confirms=True)
+    libraries = await libraries_on_both_shards(channel, settings)
+    embeddings = {library: library_faces(n) for n, library in enumerate(libraries)}
     later: dict[str, dict[tuple[int, int], int]] = {}
-    for library in LIBRARIES:
+    for library in libraries:
         first = {(i, n): embeddings[library][i, n] for i in range(IDENTITIES) for n in range(FIRST_FACES)}
         await store_faces(engine, library, first, pack)
-    connection = await aio_pika.connect_robust(rabbitmq_url)
     replicas = [
         Replica("first", settings, fresh_postgres_url, rabbitmq_url, tmp_path),
         Replica("second", settings, fresh_postgres_url, rabbitmq_url, tmp_path),
     ]
     try:
-        channel = await connection.channel(publisher_confirms=True)
         shard_queues = [
             name for name in declared_names(settings)[0] if name.startswith(settings.recluster_queue)
         ]
@@ -249,8 +280,13 @@ async def test_two_replicas_group_libraries_side_by_side_and_one_killed_mid_recl
             return state
 
         async def replicas_subscribed() -> bool:
+            """Both replicas up: a shard reports only its active consumer, the replicas' queue all."""
             state = await shard_state()
-            return state is not None and all(consumers >= 1 for _, consumers in state)
+            if state is None or not all(consumers >= 1 for _, consumers in state):
+                return False
+            underlay = await channel.get_underlay_channel()
+            declared = await underlay.queue_declare(replicas_queue_name(settings), passive=True)
+            return declared.consumer_count == len(replicas)
 
         async def queues_empty() -> bool:
             state = await shard_state()
@@ -268,16 +304,16 @@ async def test_two_replicas_group_libraries_side_by_side_and_one_killed_mid_recl
 
         async def each_library_reclustered(times: int) -> bool:
             done = [library for library, status, *_ in await runs() if status == "done"]
-            return all(done.count(library) >= times for library in LIBRARIES)
+            return all(done.count(library) >= times for library in libraries)
 
         # The replicas start (their topology declared), then every library is reclustered once.
         await wait_for(replicas_subscribed, 90, "the replicas started")
-        for library in LIBRARIES:
+        for library in libraries:
             await publish(channel, settings, ReclusterRequested(library_id=library, reason="first"))
         await wait_for(lambda: each_library_reclustered(1), 240, "a first recluster of every library")
 
         # New faces of every library, announced as detection announces them (incremental assignment).
-        for library in LIBRARIES:
+        for library in libraries:
             rest = {
                 (i, n): embeddings[library][i, n]
                 for i in range(IDENTITIES)
@@ -297,7 +333,7 @@ async def test_two_replicas_group_libraries_side_by_side_and_one_killed_mid_recl
                 await publish(channel, settings, detected)
 
         # A second recluster of every library; one replica is killed in the middle of one of them.
-        for library in LIBRARIES:
+        for library in libraries:
             await publish(channel, settings, ReclusterRequested(library_id=library, reason="second"))
         deadline = time.monotonic() + 240
         while not (
@@ -326,7 +362,7 @@ async def test_two_replicas_group_libraries_side_by_side_and_one_killed_mid_recl
         # The recluster the kill cut short (none when it was cut before its run was recorded).
         assert len(unfinished) <= 1, recorded
         print(f"killed {killed.name} in a recluster; runs:", *recorded, sep="\n  ")
-        for library in LIBRARIES:
+        for library in libraries:
             spans = sorted((start, end) for each, start, end in ended if each == library)
             assert all(end <= following for (_, end), (following, _) in itertools.pairwise(spans)), library
         side_by_side = [
@@ -339,14 +375,14 @@ async def test_two_replicas_group_libraries_side_by_side_and_one_killed_mid_recl
         # Every face grouped, in its own library; each library's people are its own persons.
         async with engine.connect() as db:
             total = (await db.execute(select(func.count()).select_from(faces))).scalar_one()
-            assert total == len(LIBRARIES) * IDENTITIES * PER_IDENTITY  # nothing lost
+            assert total == len(libraries) * IDENTITIES * PER_IDENTITY  # nothing lost
             query = select(
                 faces.c.library_id, persons.c.library_id, faces.c.person_id, faces.c.image_id
             ).select_from(faces.outerjoin(persons, persons.c.id == faces.c.person_id))
             rows = (await db.execute(query)).all()
         assert all(person is not None for _, _, person, _ in rows), "a face left ungrouped"
         assert all(face_library == person_library for face_library, person_library, *_ in rows)
-        for library in LIBRARIES:
+        for library in libraries:
             persons_of_library = {person for each, _, person, _ in rows if each == library}
             assert len(persons_of_library) == IDENTITIES, library
     finally:
