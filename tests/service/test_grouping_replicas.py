@@ -213,9 +213,7 @@ async def libraries_on_both_shards(channel: aio_pika.abc.AbstractChannel, settin
     underlay = await channel.get_underlay_channel()  # the broker's counts, not the robust channel's cache
     chosen: dict[str, list[str]] = {shard_queue_name(settings, shard): [] for shard in range(2)}
     counts = dict.fromkeys(chosen, 0)
-    for number in itertools.count():
-        if all(len(libraries) >= LIBRARIES_A_SHARD for libraries in chosen.values()):
-            break
+    for number in range(1000):
         library = f"family-{number}"
         await publish(channel, settings, ReclusterRequested(library_id=library, reason="which shard"))
         for queue, libraries in chosen.items():
@@ -223,6 +221,10 @@ async def libraries_on_both_shards(channel: aio_pika.abc.AbstractChannel, settin
             if count > counts[queue] and len(libraries) < LIBRARIES_A_SHARD:
                 libraries.append(library)
             counts[queue] = count
+        if all(len(libraries) >= LIBRARIES_A_SHARD for libraries in chosen.values()):
+            break
+    else:
+        raise AssertionError(f"the grouping exchange spread 1,000 libraries as {counts}")
     for queue in chosen:
         await underlay.queue_purge(queue)
     return [library for libraries in chosen.values() for library in libraries]
