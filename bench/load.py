@@ -54,6 +54,7 @@ from service_harness import (
     cycled,
     detection_photos,
     percentile,
+    queue_backlog,
 )
 
 from image_grouping.config import load_settings
@@ -141,19 +142,8 @@ async def service_run(
             (f"load-{index}", harness.add_image(photo, f"{index:06d}_{photo.name}"))
             for index, photo in cycled(photos, count + paced_count)
         ]
-        harness.start_workers(workers)  # they declare the topology ...
-        harness.stop_workers()  # ... and stop, so the backlog is queued before the clock starts
-        bus = Bus(harness, durable_observer=False)
-        await bus.connect()
-
-        # The uploader is not the service: on this 2-core machine its publishing would take CPU from the
-        # workers, so the backlog is queued first and the clock starts when the first worker is up. Nor is
-        # the observer: the broker counts the events until all are published, and they are read after.
         backlog = uploads[:count]
-        for image_id, path in backlog:
-            await bus.upload(image_id, path)
-        harness.start_workers(workers)
-        started = min(harness.ready_at(index) for index in range(workers))
+        bus, started = await queue_backlog(harness, backlog, workers)
         worker_pids = [harness.workers[index].pid for index in range(workers)]
         cpu_before, window_start = cpu_reading(worker_pids), time.monotonic()
         await bus.wait_announced(count, within=3600)

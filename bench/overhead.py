@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from canned_worker import CannedAnalyses, content_key
 from pipeline import build_images
-from service_harness import Bus, Harness, cpu_reading, cpu_spent, cycled, detection_photos
+from service_harness import Harness, cpu_reading, cpu_spent, cycled, detection_photos, queue_backlog
 
 from image_grouping.bootstrap import load_analyzer
 from image_grouping.config import load_settings
@@ -74,14 +74,7 @@ async def service_cpu(
             (f"overhead-{index}", harness.add_image(photo, f"{index:06d}_{photo.name}"))
             for index, photo in cycled(photos, count)
         ]
-        harness.start_workers(workers)  # they declare the topology ...
-        harness.stop_workers()  # ... and stop, so the backlog is queued before the clock starts
-        bus = Bus(harness, durable_observer=False)
-        await bus.connect()
-        for image_id, path in uploads:
-            await bus.upload(image_id, path)
-        harness.start_workers(workers)
-        started = min(harness.ready_at(index) for index in range(workers))
+        bus, started = await queue_backlog(harness, uploads, workers)
         worker_pids = [harness.workers[index].pid for index in range(workers)]
         before = cpu_reading(worker_pids)
         await bus.wait_announced(count, within=3600)

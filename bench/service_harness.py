@@ -292,6 +292,21 @@ class Bus:
         await self.connection.close()
 
 
+async def queue_backlog(harness: Harness, uploads: list[tuple[str, str]], workers: int) -> tuple[Bus, float]:
+    """Start the workers once (they declare the topology) and stop them, queue `uploads`, and start them
+    again: the uploader is not the service (on 2 cores its publishing would take their CPU), so the clock
+    starts when the first worker is up. The bus counts the events until all are published (they are read
+    after); returned with that start time."""
+    harness.start_workers(workers)
+    harness.stop_workers()
+    bus = Bus(harness, durable_observer=False)
+    await bus.connect()
+    for image_id, path in uploads:
+        await bus.upload(image_id, path)
+    harness.start_workers(workers)
+    return bus, min(harness.ready_at(index) for index in range(workers))
+
+
 _TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 # Processes by name whose CPU the service's work costs on this machine besides its own.
 _PROCESS_GROUPS = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL"}
